@@ -1,0 +1,63 @@
+"""greenportal: call async code from synchronous code, wherever it runs.
+
+Inside an asyncio or Trio task that has a *portal*, plain synchronous code
+calls :func:`await_` and only that task waits while the event loop serves
+everyone else.  The public API is a drop-in for greenback's:
+``import greenportal as greenback`` keeps a greenback program working.
+
+Module map: ``_portal`` (the greenlet portal and ``await_``), ``_api``
+(giving tasks portals), ``_tree`` (portals for task trees), ``_adapters``
+(sync views of async objects), ``_backends`` (asyncio and Trio behind one
+interface), ``_ctask`` (the checked write into asyncio's C Task).
+"""
+
+from ._adapters import async_context as async_context
+from ._adapters import async_iter as async_iter
+from ._adapters import autoawait as autoawait
+from ._adapters import decorate_as_sync as decorate_as_sync
+from ._api import bestow_portal as bestow_portal
+from ._api import ensure_portal as ensure_portal
+from ._api import has_portal as has_portal
+from ._api import portal as portal
+from ._api import with_portal_run as with_portal_run
+from ._api import with_portal_run_sync as with_portal_run_sync
+from ._portal import await_ as await_
+from ._tree import AutoPortalInstrument as AutoPortalInstrument
+from ._tree import portals_for_children as portals_for_children
+from ._tree import portals_for_tree as portals_for_tree
+from ._tree import with_portal_run_tree as with_portal_run_tree
+from ._version import __version__ as __version__
+
+__all__ = [
+    # creating portals
+    "ensure_portal",
+    "bestow_portal",
+    "has_portal",
+    "with_portal_run",
+    "with_portal_run_sync",
+    "with_portal_run_tree",
+    "portals_for_tree",
+    "portals_for_children",
+    "AutoPortalInstrument",
+    "portal",
+    # using them
+    "await_",
+    "autoawait",
+    "decorate_as_sync",
+    "async_context",
+    "async_iter",
+    "__version__",
+]
+
+
+def _fixup_module_metadata() -> None:
+    # Tracebacks, reprs and the docs should say greenportal.X, not
+    # greenportal._api.X.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("greenportal."):
+            obj.__module__ = "greenportal"
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

@@ -1,0 +1,170 @@
+"""Giving tasks portals: the greenback-compatible functions and ``@portal``.
+
+A task gets a portal in one of two ways:
+
+* *Installed* (``ensure_portal``, ``bestow_portal``, tree portals): the
+  task's own coroutine is replaced by a :class:`~greenportal._portal.Portal`
+  that wraps it, for the rest of the task's life.
+* *Inline* (``with_portal_run``, ``with_portal_run_sync``, ``@portal``): the
+  calling coroutine awaits a Portal that runs just the given function; the
+  portal lasts as long as that call.
+
+Neither adds a checkpoint except :func:`ensure_portal`, which is always one
+(as in greenback), so that ``await_`` works as soon as it returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from . import _backends
+from ._portal import Portal, find_portal_in, portal_of_current_task
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def ensure_portal() -> None:
+    """Make sure the current task can use :func:`await_`.
+
+    The first call in a task installs a portal; later calls, and calls inside
+    :func:`with_portal_run`, keep the portal the task has.  Either way this is
+    a checkpoint (a cancellation point and a schedule point), and when it
+    returns :func:`await_` works in this task, at any depth of sync calls.
+
+    Raises:
+        RuntimeError: not called from an asyncio or Trio task.
+    """
+    backend, task = _backends.current_backend_and_task()
+    if portal_of_current_task() is None:
+        _install(backend, task)
+    await backend.checkpoint()
+
+
+def bestow_portal(task: Any) -> None:
+    """Give *task* (an ``asyncio.Task`` or ``trio.lowlevel.Task``) a portal.
+
+    Like :func:`ensure_portal` run inside *task*, without the checkpoint.  If
+    *task* is the running task, the portal starts working once the task has
+    yielded to the event loop (for example ``await asyncio.sleep(0)``);
+    :func:`await_` before then raises :exc:`RuntimeError` saying so.  A task
+    that already has a portal is left alone.
+
+    Raises:
+        TypeError: *task* is not a task of a supported library.
+        RuntimeError: *task* has finished.
+    """
+    backend = _backends.backend_for_task(task)
+    if _task_has_portal(backend, task, current=backend.current_task() is task):
+        return
+    _install(backend, task)
+
+
+def _install(backend: _backends.Backend, task: Any) -> Portal:
+    coro = backend.get_coro(task)
+    if coro is None or getattr(coro, "cr_frame", True) is None:
+        raise RuntimeError(f"cannot give a portal to {task!r}: it has already finished")
+    portal = Portal(cast(Coroutine[Any, Any, Any], coro), task_id=backend.task_id(task))
+    backend.set_coro(task, portal)
+    return portal
+
+
+def _task_has_portal(backend: _backends.Backend, task: Any, *, current: bool) -> bool:
+    coro = backend.get_coro(task)
+    if type(coro) is Portal:
+        return True
+    if current:
+        return portal_of_current_task() is not None
+    return find_portal_in(coro) is not None
+
+
+def has_portal(task: Any = None) -> bool:
+    """Tell whether *task* (default: the current task) can use :func:`await_`.
+
+    For the current task this is true only once the portal is active, so a
+    portal bestowed on the running task reads false until the task yields.
+    For another task, a bestowed portal counts: it is active before that task
+    runs again.  Outside any task the answer is false.
+    """
+    backend = _backends.current_backend()
+    current = backend.current_task() if backend is not None else None
+    if task is None or task is current:
+        return current is not None and portal_of_current_task() is not None
+    backend = _backends.backend_for_task(task)
+    return find_portal_in(backend.get_coro(task)) is not None
+
+
+async def _adapt(aw: Awaitable[T]) -> T:
+    return await aw
+
+
+async def with_portal_run(
+    async_fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Run ``await async_fn(*args, **kwargs)`` where :func:`await_` works.
+
+    If the current task already has a portal, this is simply that ``await``.
+    Otherwise a portal is made for the duration of the call and removed when
+    it returns.  No checkpoint is added.
+    """
+    if portal_of_current_task() is not None:
+        return await async_fn(*args, **kwargs)
+    backend, task = _backends.current_backend_and_task()
+    aw = async_fn(*args, **kwargs)
+    coro = aw if isinstance(aw, Coroutine) else _adapt(aw)
+    result = await cast(Awaitable[T], Portal(coro, task_id=backend.task_id(task)))
+    return result
+
+
+async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``sync_fn(*args, **kwargs)`` where :func:`await_` works.
+
+    If the current task already has a portal, *sync_fn* is simply called.
+    Otherwise it runs on a portal made for the duration of the call.  No
+    checkpoint is added beyond the ``await_`` calls *sync_fn* makes.
+    """
+    if portal_of_current_task() is not None:
+        return sync_fn(*args, **kwargs)
+    backend, task = _backends.current_backend_and_task()
+    call = functools.partial(sync_fn, *args, **kwargs)
+    result = await cast(Awaitable[T], Portal(fn=call, task_id=backend.task_id(task)))
+    return result
+
+
+@overload
+def portal(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+@overload
+def portal(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+def portal(fn: Callable[P, Any]) -> Callable[P, Coroutine[Any, Any, Any]]:
+    """Decorator: run each call of *fn* with a portal.
+
+    On an async function, each call runs as :func:`with_portal_run` would run
+    it.  On a sync function, the result is an *async* function that runs it
+    as :func:`with_portal_run_sync` would, so sync code becomes awaitable::
+
+        @greenportal.portal
+        def load_user(user_id):
+            return greenportal.await_(db.fetch_user(user_id))
+
+        user = await load_user(42)
+
+    .. versionadded:: 0.1
+    """
+    if not callable(fn):
+        raise TypeError(f"@portal needs a function, got {type(fn).__qualname__!r}")
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return await with_portal_run(fn, *args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    async def run_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
+        return await with_portal_run_sync(fn, *args, **kwargs)
+
+    return run_sync

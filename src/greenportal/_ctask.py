@@ -1,0 +1,102 @@
+"""Swap the coroutine of a running asyncio C Task, checking before writing.
+
+Why this exists
+---------------
+A portal has to stand between the event loop and a task's coroutine.  For
+tasks created inside a portal tree we pass the portal to the Task
+constructor and nothing else is needed.  But :func:`greenportal.ensure_portal`
+and :func:`greenportal.bestow_portal` add a portal to a task that already
+exists, and the C implementation of ``asyncio.Task`` (``_asyncio.Task``)
+exposes its coroutine read-only.  The pure-Python Task stores it in a plain
+``_coro`` attribute, which we simply assign.
+
+How the write is kept safe
+--------------------------
+* We never compute the field's offset from a guessed struct layout.  We scan
+  the object's own memory (``__basicsize__`` bytes, which belong to it) for
+  the address of the task's current coroutine, as returned by ``get_coro()``.
+  The scan must find exactly one pointer-aligned match.
+* The offset found is remembered per Task type; every later write checks that
+  the word at that offset still holds the current coroutine's address.
+* After writing, ``get_coro()`` must return the new object; if it does not we
+  restore the old pointer and raise.
+* Any failed check raises :class:`RuntimeError` before memory is touched.
+  None of this relies on ``assert``, so it behaves the same under ``python -O``.
+* Reference counts: the task owns one reference to its coroutine.  We add one
+  to the new coroutine before the write and drop one from the old after it.
+  The caller keeps the old coroutine alive (the portal wraps it), so the drop
+  can never free it under the running step.
+
+Known gaps: CPython only (other implementations get a clear error), and only
+on the versions we test (3.10 to 3.13); a newer CPython gets the same checks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from typing import Any
+
+_WORD = ctypes.sizeof(ctypes.c_void_p)
+# {Task type: byte offset of its coroutine pointer}
+_offsets: dict[type, int] = {}
+
+_incref = ctypes.pythonapi.Py_IncRef
+_incref.argtypes = [ctypes.py_object]
+_incref.restype = None
+_decref = ctypes.pythonapi.Py_DecRef
+_decref.argtypes = [ctypes.py_object]
+_decref.restype = None
+
+
+def _word_at(address: int) -> int:
+    return ctypes.c_void_p.from_address(address).value or 0
+
+
+def _find_offset(task: Any, coro: object) -> int:
+    size = type(task).__basicsize__
+    base = id(task)
+    target = id(coro)
+    hits = [off for off in range(0, size - _WORD + 1, _WORD) if _word_at(base + off) == target]
+    if len(hits) != 1:
+        raise RuntimeError(
+            f"greenportal cannot locate the coroutine field of {type(task).__qualname__} "
+            f"on this Python ({sys.version.split()[0]}): found {len(hits)} candidate "
+            "fields instead of exactly one. Nothing was changed. Use "
+            "greenportal.with_portal_run() instead, or create the task inside "
+            "greenportal.with_portal_run_tree(), neither of which needs this."
+        )
+    return hits[0]
+
+
+def set_coro(task: Any, new: object) -> None:
+    """Make the C Task *task* step *new* instead of its current coroutine."""
+    if sys.implementation.name != "cpython":
+        raise RuntimeError(
+            "greenportal can only replace the coroutine of an existing asyncio task on "
+            f"CPython, not {sys.implementation.name}; use greenportal.with_portal_run()"
+        )
+    old = task.get_coro()
+    if old is None:
+        raise RuntimeError(f"cannot give a portal to {task!r}: it has no coroutine (done?)")
+    tp = type(task)
+    offset = _offsets.get(tp)
+    if offset is None:
+        offset = _find_offset(task, old)
+    address = id(task) + offset
+    if _word_at(address) != id(old):
+        raise RuntimeError(
+            f"greenportal's check of {tp.__qualname__}'s coroutine field failed before "
+            "writing (its layout is not what was measured); nothing was changed"
+        )
+    _incref(new)
+    ctypes.c_void_p.from_address(address).value = id(new)
+    if task.get_coro() is not new:
+        ctypes.c_void_p.from_address(address).value = id(old)
+        _decref(new)
+        raise RuntimeError(
+            f"greenportal wrote {tp.__qualname__}'s coroutine field but the task did not "
+            "see the change; the old value was restored"
+        )
+    _decref(old)
+    _offsets[tp] = offset

@@ -1,0 +1,589 @@
+"""The portal: a greenlet that lets synchronous code suspend an async task.
+
+How it works
+------------
+A *portal* (:class:`Portal`) stands in for a task's coroutine.  The event loop
+steps the task by calling ``portal.send(value)`` or ``portal.throw(exc)``,
+exactly as it would step the coroutine.  The portal forwards each step into
+its own greenlet, the *portal greenlet*, where the original coroutine is
+driven with ``coro.send`` and ``coro.throw``.  Everything the task does,
+async frames and sync frames alike, therefore runs on the portal greenlet.
+
+When the coroutine yields a trap (an asyncio Future, a Trio
+``WaitTaskRescheduled``...), the portal greenlet hands it to the greenlet
+that called ``send`` (the *hub*, normally the one running the event loop)
+and suspends.  When plain synchronous code calls :func:`await_`, it drives
+the awaitable right there on the portal greenlet: each trap the awaitable
+yields goes to the hub the same way, so the task is suspended with the sync
+frames intact while every other task keeps running.  One trap costs one
+greenlet switch pair, whoever yields it.
+
+Designs we rejected
+-------------------
+* *Let the hub await natively* (SQLAlchemy's bridge): ``await_`` switches to
+  the hub with the awaitable and the hub runs it with a real ``await``.  That
+  crosses greenlets once per ``await_`` instead of once per trap, but the
+  awaitable's frames then run on the hub, and if they call sync code that
+  calls ``await_`` again there is no greenlet left to suspend.  Nested
+  ``await_`` is part of our contract, so the portal greenlet drives
+  everything.  (Issue 3 revisits the cost; the choice is local to
+  :func:`_drive_await`.)
+* *A native coroutine as the shim* (greenback): its first ``send`` must be
+  ``None``, so it has to be pre-stepped, and every step pays a coroutine
+  resume on top of the switch.  A small class with a Python ``send`` costs
+  one call.
+* *Passing the trap as the argument of the switch.*  The argument would stay
+  referenced from the suspended portal greenlet's value stack, and the
+  cycle collector cannot see inside a suspended greenlet: a task collected
+  while suspended would leak with its greenlet.  So the trap travels through
+  ``Portal._trap``, and while the portal greenlet is suspended it holds only
+  a weak reference to its portal (see "Ownership" below).
+
+Ownership (the invariant that makes collection work)
+----------------------------------------------------
+``task -> portal -> {coroutine, current awaitable, portal greenlet}`` are
+strong references the collector can see.  The portal greenlet, while
+suspended, references its portal only weakly and holds no trap, coroutine or
+awaitable of its own.  So an abandoned task forms an ordinary, collectable
+cycle; ``Portal.__del__`` then closes the portal greenlet, which unwinds the
+sync frames (``finally`` blocks run) and closes the coroutine.  Sync frames
+that themselves keep references to the task's futures are invisible to the
+collector; such a task cannot be collected while suspended (a documented
+gap, shared by every greenlet-based bridge).
+
+Known gaps
+----------
+* On Python 3.10, an exception leaving the portal keeps one greenportal
+  frame in its traceback: 3.10's bare ``raise`` restores the traceback that
+  was current when the exception was caught.
+* Greenlets belong to one thread; a portal is usable only on its loop's
+  thread (the event loop never steps a task elsewhere).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import sys
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from functools import partial
+from typing import Any, TypeVar
+
+import greenlet
+
+from . import _backends
+
+T = TypeVar("T")
+
+getcurrent = greenlet.getcurrent
+# asyncio.current_task, bound by the asyncio backend when it makes its first
+# portal (so that a Trio program never imports asyncio through us).
+_current_asyncio_task: Callable[[], object] = lambda: None
+_CO_ITERABLE_COROUTINE = 0x100  # inspect.CO_ITERABLE_COROUTINE
+_CoroutineType = types.CoroutineType
+_GeneratorType = types.GeneratorType
+
+
+class _Detach(BaseException):
+    """Thrown into a portal greenlet to make it exit without touching its coroutine."""
+
+
+class PortalGreenlet(greenlet.greenlet):  # type: ignore[misc]
+    """The greenlet on which a portal's task (or sync function) runs."""
+
+    # Weak on purpose: see "Ownership" in the module docstring.
+    portal_ref: weakref.ref[Portal]
+
+
+def _strip_own_frame(exc: BaseException) -> None:
+    """Drop the traceback entry that the calling greenportal frame added."""
+    tb = exc.__traceback__
+    if tb is not None:
+        exc.__traceback__ = tb.tb_next
+
+
+def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> None:
+    """Body of a portal greenlet in coroutine mode: step the task's coroutine.
+
+    Each iteration sends the hub's value (or throws its exception) into the
+    coroutine, parks the yielded trap on the portal, and switches to the hub.
+    A returning or raising coroutine ends the greenlet, and greenlet hands the
+    ``StopIteration`` or exception to the parent, which is the hub.
+    """
+    exc: BaseException | None = None
+    while True:
+        portal = ref()
+        if portal is None:  # collected while we were suspended; nothing to step
+            return
+        coro = portal.coro
+        assert coro is not None
+        try:
+            trap = coro.send(value) if exc is None else coro.throw(exc)
+        except BaseException as error:
+            _strip_own_frame(error)
+            raise
+        portal._trap = trap
+        switch = portal._hub.switch
+        # Hold nothing of the task's while suspended (see "Ownership").
+        del portal, coro, trap
+        exc = value = None
+        try:
+            value = switch()
+        except _Detach:
+            return
+        except greenlet.GreenletExit:
+            # Our portal was dropped without being closed (another thread ran
+            # its finalizer); the coroutine is closed by its own finalizer.
+            return
+        except BaseException as error:
+            _strip_own_frame(error)
+            exc = error
+
+
+def _run_sync(ref: weakref.ref[Portal], fn: Callable[[], Any], value: Any) -> None:
+    """Body of a portal greenlet in sync mode: call *fn* and report its result."""
+    del ref, value
+    try:
+        result = fn()
+    except BaseException as error:
+        _strip_own_frame(error)
+        raise
+    raise StopIteration(result)
+
+
+class Portal:
+    """A task's coroutine (or a sync function) running on its own greenlet.
+
+    Instances are created by greenportal; users meet them as the value of
+    ``task.get_coro()`` (asyncio) or ``task.coro`` (Trio) of a task that has a
+    portal.  They behave as coroutines: ``send``, ``throw``, ``close`` and the
+    ``cr_*`` introspection attributes, which describe the wrapped coroutine.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_awaiting",
+        "_gr",
+        "_hub",
+        "_target",
+        "_trap",
+        "coro",
+        "fn",
+        "task_id",
+    )
+
+    # The coroutine this portal drives (coroutine mode), else None.
+    coro: Coroutine[Any, Any, Any] | None
+    # The zero-argument function this portal calls (sync mode), else None.
+    fn: Callable[[], Any] | None
+    # id() of the asyncio task this portal serves, checked by await_ because
+    # an eager task can run its first step on another task's portal greenlet.
+    # None under Trio (a task never steps inside another's greenlet) and while
+    # an eager task factory is still constructing the task.
+    task_id: int | None
+    # The portal greenlet; None until the first step.
+    _gr: PortalGreenlet | None
+    # The greenlet that stepped us last; traps are handed to it.
+    # Invariant: _gr is None or _gr.parent is _hub.
+    _hub: greenlet.greenlet | None
+    # The greenlet to resume on the next step: _gr, or a foreign greenlet
+    # (say SQLAlchemy's) running inside it that is suspended in await_.
+    _target: greenlet.greenlet | None
+    # The trap in transit from the portal greenlet to the hub; None between steps.
+    _trap: Any
+    # The iterator that the innermost active await_ is driving, else None.
+    _awaiting: Any
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any] | None = None,
+        fn: Callable[[], Any] | None = None,
+        task_id: int | None = None,
+    ) -> None:
+        self.coro = coro
+        self.fn = fn
+        self.task_id = task_id
+        self._gr = self._hub = self._target = None
+        self._trap = self._awaiting = None
+
+    # -- stepping ---------------------------------------------------------
+
+    def _rehome(self, hub: greenlet.greenlet) -> None:
+        """Make *hub* the greenlet that receives our traps, starting if needed."""
+        gr = self._gr
+        if gr is None:
+            ref = weakref.ref(self)
+            if self.coro is not None:
+                run: Callable[[Any], None] = partial(_drive_coroutine, ref)
+            else:
+                assert self.fn is not None
+                run = partial(_run_sync, ref, self.fn)
+            gr = PortalGreenlet(run, hub)
+            gr.portal_ref = ref
+            # The task's context, so that ContextVar.set() in the portal is the
+            # task's own (greenlets otherwise run in a context of their own).
+            gr.gr_context = hub.gr_context
+            self._gr = self._target = gr
+        elif not gr.dead:
+            gr.parent = hub
+        self._hub = hub
+
+    def send(self, value: Any) -> Any:
+        """Step the task: resume it with *value* and return the next trap."""
+        hub = getcurrent()
+        if hub is not self._hub:
+            self._rehome(hub)
+        target = self._target
+        assert target is not None
+        try:
+            target.switch(value)
+        except BaseException as error:
+            self._after_error()
+            _strip_own_frame(error)
+            raise
+        trap = self._trap
+        self._trap = None
+        return trap
+
+    def _after_error(self) -> None:
+        gr = self._gr
+        if gr is not None and gr.dead:
+            self._target = _FINISHED
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Step the task by raising an exception at its suspension point."""
+        exc = _make_exception(typ, val, tb)
+        if self._gr is None and self.coro is not None:
+            # Never stepped: the coroutine raises at its start, like a native one.
+            self.fn = None
+            coro, self.coro = self.coro, None
+            return coro.throw(exc)
+        hub = getcurrent()
+        if hub is not self._hub:
+            self._rehome(hub)
+        target = self._target
+        assert target is not None
+        try:
+            target.throw(exc)
+        except BaseException as error:
+            self._after_error()
+            _strip_own_frame(error)
+            raise
+        trap = self._trap
+        self._trap = None
+        return trap
+
+    def close(self) -> None:
+        """Close the portal: unwind its frames with ``GeneratorExit``."""
+        gr = self._gr
+        if gr is None:
+            if self.coro is not None:
+                self.coro.close()
+            return
+        if gr.dead:
+            return
+        if gr is getcurrent():
+            raise ValueError("portal is already executing")
+        hub = getcurrent()
+        if hub is not self._hub:
+            self._rehome(hub)
+        target = self._target
+        assert target is not None
+        try:
+            target.throw(GeneratorExit)
+        except (GeneratorExit, StopIteration):
+            return
+        self._trap = None
+        raise RuntimeError("coroutine ignored GeneratorExit")
+
+    def detach(self) -> None:
+        """End the portal greenlet without touching the coroutine.
+
+        Only valid once the coroutine is suspended at a trap and the task no
+        longer steps this portal (see ``_api.portals_for_tree``).
+        """
+        gr = self._gr
+        if gr is None or gr.dead:
+            return
+        self._rehome(getcurrent())
+        gr.throw(_Detach)
+
+    def __del__(self) -> None:
+        gr = self._gr
+        if gr is None or gr.dead or not gr:
+            return
+        try:
+            self.close()
+        except (greenlet.error, ValueError):
+            # Finalized on another thread: greenlet kills it on its own thread.
+            pass
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self  # type: ignore[return-value]
+
+    def __iter__(self) -> Portal:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    # -- introspection: describe the wrapped coroutine ----------------------
+
+    @property
+    def cr_frame(self) -> types.FrameType | None:
+        return getattr(self.coro, "cr_frame", None)
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self.coro, "cr_await", None)
+
+    @property
+    def cr_code(self) -> types.CodeType | None:
+        if self.coro is not None:
+            return getattr(self.coro, "cr_code", None)
+        return getattr(self.fn, "__code__", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self.coro, "cr_running", False))
+
+    def __getattr__(self, name: str) -> str:
+        # __name__ and __qualname__ cannot be class-body properties (type()
+        # claims them), so they come through here; they name the wrapped code,
+        # which keeps asyncio's task reprs and debug logs about the user's code.
+        if name in ("__name__", "__qualname__"):
+            return str(_describe(self, name))
+        raise AttributeError(f"{type(self).__qualname__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        inner = self.coro if self.coro is not None else self.fn
+        return f"<greenportal portal running {inner!r}>"
+
+
+collections.abc.Coroutine.register(Portal)
+
+
+class _Finished:
+    """Stands in for the portal greenlet once it has ended."""
+
+    def switch(self, *args: object) -> None:
+        raise RuntimeError("cannot reuse already awaited coroutine")
+
+    throw = switch
+
+
+_FINISHED: Any = _Finished()
+
+
+def _describe(portal: Portal, attr: str) -> object:
+    inner: object = portal.coro if portal.coro is not None else portal.fn
+    inner = getattr(inner, "func", inner)  # functools.partial
+    return getattr(inner, attr, type(inner).__name__)
+
+
+def _make_exception(typ: Any, val: Any, tb: Any) -> BaseException:
+    if isinstance(typ, BaseException):
+        exc = typ
+    elif isinstance(typ, type) and issubclass(typ, BaseException):
+        exc = val if isinstance(val, typ) else (typ() if val is None else typ(val))
+    else:
+        raise TypeError(
+            f"exceptions must be classes or instances deriving from BaseException, not "
+            f"{type(typ).__name__}"
+        )
+    if tb is not None:
+        exc = exc.with_traceback(tb)
+    return exc
+
+
+# -- await_ --------------------------------------------------------------------
+
+
+def _awaitable_iter(aw: object) -> Any:
+    """Return the iterator that awaiting *aw* drives, or raise TypeError."""
+    tp = type(aw)
+    if tp is _CoroutineType:
+        return aw
+    if tp is _GeneratorType and aw.gi_code.co_flags & _CO_ITERABLE_COROUTINE:  # type: ignore[attr-defined]
+        return aw
+    get = getattr(tp, "__await__", None)
+    if get is None:
+        if tp is _GeneratorType:
+            hint = " (a plain generator; decorate its function with @types.coroutine)"
+        elif callable(aw):
+            hint = " (did you mean to call it, as in await_(f()) instead of await_(f)?)"
+        else:
+            hint = ""
+        raise TypeError(f"await_() needs an awaitable, got {tp.__qualname__!r} object{hint}")
+    it = get(aw)
+    if not isinstance(it, collections.abc.Iterator):
+        raise TypeError(f"{tp.__qualname__}.__await__() returned a non-iterator")
+    return it
+
+
+def _drive_await(ref: weakref.ref[Portal], it: Any) -> Any:
+    """Run the awaitable iterator *it* to completion on the current greenlet.
+
+    Each trap goes to the portal's hub through ``Portal._trap``; the hub's
+    answer comes back as the return value (or exception) of the switch.
+    """
+    portal = ref()
+    assert portal is not None
+    outer = portal._awaiting
+    portal._awaiting = it
+    value: Any = None
+    exc: BaseException | None = None
+    try:
+        while True:
+            try:
+                trap = it.send(value) if exc is None else it.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            except BaseException as error:
+                _strip_own_frame(error)
+                raise
+            portal._trap = trap
+            switch = portal._hub.switch  # type: ignore[union-attr]
+            # Hold nothing of the task's while suspended (see "Ownership").
+            del portal, it, trap
+            exc = value = None
+            try:
+                value = switch()
+            except BaseException as error:
+                _strip_own_frame(error)
+                exc = error
+            portal = ref()
+            if portal is None:
+                # Dropped without close() (finalized on another thread): unwind.
+                if exc is None:
+                    exc = greenlet.GreenletExit()
+                raise exc
+            it = portal._awaiting
+    finally:
+        portal = ref()
+        if portal is not None:
+            portal._awaiting = outer
+
+
+def await_(aw: Awaitable[T]) -> T:
+    """Wait for *aw* from synchronous code, suspending only the current task.
+
+    ``await_(x)`` does what ``await x`` does in an async function: it returns
+    the result or raises the exception, and while it waits the event loop runs
+    other tasks.  It works in synchronous code called, at any depth, from a
+    task that has a portal (see :func:`ensure_portal` and
+    :func:`with_portal_run`).  *aw* may be a coroutine, a Future, or any
+    object with ``__await__``.
+
+    Cancellation reaches the waiting sync code as it would reach a native
+    ``await``: asyncio's :exc:`~asyncio.CancelledError`, or Trio's
+    ``Cancelled``, is raised out of ``await_`` and ``finally`` blocks run.
+
+    Raises:
+        TypeError: *aw* is not awaitable.
+        RuntimeError: the current task has no portal, or the portal was just
+            bestowed and the task has not yielded since.
+    """
+    try:
+        ref = getcurrent().portal_ref
+    except AttributeError:
+        return _await_slow(aw)  # type: ignore[no-any-return]
+    portal = ref()
+    if portal is None or (
+        portal.task_id is not None and id(_current_asyncio_task()) != portal.task_id
+    ):
+        return _await_slow(aw)  # type: ignore[no-any-return]
+    del portal
+    it = _awaitable_iter(aw)
+    del aw
+    return _drive_await(ref, it)  # type: ignore[no-any-return]
+
+
+def _close_quietly(aw: object) -> None:
+    """Close an awaitable we refuse, so no 'never awaited' warning follows."""
+    if isinstance(aw, (_CoroutineType, _GeneratorType)):
+        aw.close()
+
+
+def _await_slow(aw: object) -> Any:
+    """await_ when the current greenlet is not a portal greenlet of the current task."""
+    try:
+        it = _awaitable_iter(aw)
+    except TypeError:
+        _close_quietly(aw)
+        raise
+    try:
+        portal, here = _find_portal()
+    except BaseException:
+        _close_quietly(aw)
+        raise
+    del aw
+    if here is portal._gr:
+        return _drive_await(weakref.ref(portal), it)
+    # A foreign greenlet (SQLAlchemy's greenlet_spawn, say) running inside the
+    # portal greenlet: resume it, not the portal greenlet, until we are done.
+    saved = portal._target
+    portal._target = here
+    try:
+        return _drive_await(weakref.ref(portal), it)
+    finally:
+        portal._target = saved
+
+
+def _find_portal() -> tuple[Portal, greenlet.greenlet]:
+    """Find the portal serving the current task and the current greenlet.
+
+    Raises the RuntimeError that explains why there is none.
+    """
+    backend, task = _backends.current_backend_and_task()
+    here = getcurrent()
+    gr: greenlet.greenlet | None = here
+    while gr is not None:
+        ref = getattr(gr, "portal_ref", None)
+        if ref is not None:
+            portal = ref()
+            if portal is not None and _portal_serves(portal, task):
+                return portal, here
+        gr = gr.parent
+    coro = backend.get_coro(task)
+    if isinstance(coro, Portal) and coro._gr is None:
+        msg = (
+            "this task's portal was bestowed but is not active yet: yield to the event "
+            f"loop once (for example 'await {backend.sleep0}') after "
+            "greenportal.bestow_portal(<this task>) and before calling await_()"
+        )
+    else:
+        msg = (
+            "await_() needs a portal in the current task, and this task has none. "
+            "Create one with 'await greenportal.ensure_portal()' at the top of the task, "
+            "or run the code with 'await greenportal.with_portal_run(async_fn, ...)' or "
+            "'await greenportal.with_portal_run_sync(sync_fn, ...)'"
+        )
+    raise RuntimeError(msg)
+
+
+def _portal_serves(portal: Portal, task: object) -> bool:
+    # Under Trio a task never steps inside another task's portal greenlet, so
+    # finding the portal on our greenlet chain is proof enough (task_id is None).
+    return portal.task_id is None or portal.task_id == id(task)
+
+
+def portal_of_current_task() -> Portal | None:
+    """The portal through which the current code runs, or None."""
+    try:
+        return _find_portal()[0]
+    except RuntimeError:
+        return None
+
+
+def find_portal_in(coro: object) -> Portal | None:
+    """The portal in a (suspended) task's coroutine or await chain, if any."""
+    seen = 0
+    while coro is not None and seen < 10_000:
+        if type(coro) is Portal:
+            return coro
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        seen += 1
+    return None
+
