@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _backends
-from ._portal import Portal, find_portal_in, portal_of_current_task
+from ._portal import Portal, _strip_own_frame, find_portal_in, portal_of_current_task
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -115,8 +115,11 @@ async def with_portal_run(
     backend, task = _backends.current_backend_and_task()
     aw = async_fn(*args, **kwargs)
     coro = aw if isinstance(aw, Coroutine) else _adapt(aw)
-    result = await cast(Awaitable[T], Portal(coro, task_id=backend.task_id(task)))
-    return result
+    try:
+        return await cast(Awaitable[T], Portal(coro, task_id=backend.task_id(task)))
+    except BaseException as error:
+        _strip_own_frame(error)
+        raise
 
 
 async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -130,8 +133,11 @@ async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs:
         return sync_fn(*args, **kwargs)
     backend, task = _backends.current_backend_and_task()
     call = functools.partial(sync_fn, *args, **kwargs)
-    result = await cast(Awaitable[T], Portal(fn=call, task_id=backend.task_id(task)))
-    return result
+    try:
+        return await cast(Awaitable[T], Portal(fn=call, task_id=backend.task_id(task)))
+    except BaseException as error:
+        _strip_own_frame(error)
+        raise
 
 
 @overload

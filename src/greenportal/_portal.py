@@ -53,9 +53,9 @@ gap, shared by every greenlet-based bridge).
 
 Known gaps
 ----------
-* On Python 3.10, an exception leaving the portal keeps one greenportal
-  frame in its traceback: 3.10's bare ``raise`` restores the traceback that
-  was current when the exception was caught.
+* On Python 3.10, an exception leaving the portal keeps greenportal's frames
+  in its traceback: 3.10's bare ``raise`` restores the traceback that was
+  current when the exception was caught, so they cannot be trimmed.
 * Greenlets belong to one thread; a portal is usable only on its loop's
   thread (the event loop never steps a task elsewhere).
 """
@@ -229,7 +229,7 @@ class Portal:
             gr.parent = hub
         self._hub = hub
 
-    def send(self, value: Any) -> Any:
+    def send(self, value: Any = None) -> Any:
         """Step the task: resume it with *value* and return the next trap."""
         hub = getcurrent()
         if hub is not self._hub:
@@ -325,8 +325,8 @@ class Portal:
     def __iter__(self) -> Portal:
         return self
 
-    def __next__(self) -> Any:
-        return self.send(None)
+    # Awaiting a portal inline steps it with None each time.
+    __next__ = send
 
     # -- introspection: describe the wrapped coroutine ----------------------
 
@@ -486,18 +486,22 @@ def await_(aw: Awaitable[T]) -> T:
             bestowed and the task has not yielded since.
     """
     try:
-        ref = getcurrent().portal_ref
-    except AttributeError:
-        return _await_slow(aw)  # type: ignore[no-any-return]
-    portal = ref()
-    if portal is None or (
-        portal.task_id is not None and id(_current_asyncio_task()) != portal.task_id
-    ):
-        return _await_slow(aw)  # type: ignore[no-any-return]
-    del portal
-    it = _awaitable_iter(aw)
-    del aw
-    return _drive_await(ref, it)  # type: ignore[no-any-return]
+        try:
+            ref = getcurrent().portal_ref
+        except AttributeError:
+            return _await_slow(aw)  # type: ignore[no-any-return]
+        portal = ref()
+        if portal is None or (
+            portal.task_id is not None and id(_current_asyncio_task()) != portal.task_id
+        ):
+            return _await_slow(aw)  # type: ignore[no-any-return]
+        del portal
+        it = _awaitable_iter(aw)
+        del aw
+        return _drive_await(ref, it)  # type: ignore[no-any-return]
+    except BaseException as error:
+        _strip_own_frame(error)
+        raise
 
 
 def _close_quietly(aw: object) -> None:
@@ -510,8 +514,9 @@ def _await_slow(aw: object) -> Any:
     """await_ when the current greenlet is not a portal greenlet of the current task."""
     try:
         it = _awaitable_iter(aw)
-    except TypeError:
+    except TypeError as error:
         _close_quietly(aw)
+        _strip_own_frame(error)
         raise
     try:
         portal, here = _find_portal()
@@ -519,16 +524,20 @@ def _await_slow(aw: object) -> Any:
         _close_quietly(aw)
         raise
     del aw
-    if here is portal._gr:
-        return _drive_await(weakref.ref(portal), it)
-    # A foreign greenlet (SQLAlchemy's greenlet_spawn, say) running inside the
-    # portal greenlet: resume it, not the portal greenlet, until we are done.
-    saved = portal._target
-    portal._target = here
     try:
-        return _drive_await(weakref.ref(portal), it)
-    finally:
-        portal._target = saved
+        if here is portal._gr:
+            return _drive_await(weakref.ref(portal), it)
+        # A foreign greenlet (SQLAlchemy's greenlet_spawn, say) running inside
+        # the portal greenlet: resume it, not the portal greenlet, until done.
+        saved = portal._target
+        portal._target = here
+        try:
+            return _drive_await(weakref.ref(portal), it)
+        finally:
+            portal._target = saved
+    except BaseException as error:
+        _strip_own_frame(error)
+        raise
 
 
 def _find_portal() -> tuple[Portal, greenlet.greenlet]:

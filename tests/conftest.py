@@ -1,0 +1,122 @@
+"""Run each behaviour test on every event loop configuration greenportal supports.
+
+A test that takes the ``backend`` fixture runs once per configuration:
+
+* ``asyncio-c``: asyncio with the C Task (the default);
+* ``asyncio-py``: asyncio with the pure-Python Task;
+* ``asyncio-eager``: asyncio with ``eager_task_factory`` (3.12+), C Task;
+* ``asyncio-py-eager``: eager tasks with the pure-Python Task (3.12+);
+* ``asyncio-debug``: asyncio in debug mode;
+* ``uvloop``: asyncio on uvloop;
+* ``trio``.
+
+Tests write their async code with anyio's primitives where the two
+libraries differ only in spelling, and with each library's own API where the
+behaviour under test is library-specific.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.tasks
+import gc
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+CONFIGS = ["asyncio-c", "asyncio-py", "asyncio-debug", "uvloop", "trio"]
+if sys.version_info >= (3, 12):
+    CONFIGS[2:2] = ["asyncio-eager", "asyncio-py-eager"]
+
+_PyTask: Any = getattr(asyncio.tasks, "_PyTask", asyncio.Task)
+
+
+def _py_task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+    return _PyTask(coro, loop=loop, **kwargs)
+
+
+@dataclass
+class Backend:
+    """One event loop configuration."""
+
+    config: str
+
+    @property
+    def name(self) -> str:
+        return "trio" if self.config == "trio" else "asyncio"
+
+    @property
+    def is_trio(self) -> bool:
+        return self.config == "trio"
+
+    @property
+    def eager(self) -> bool:
+        return self.config.endswith("eager")
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        if self.config == "uvloop":
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        if self.config == "asyncio-debug":
+            loop.set_debug(True)
+        if self.config == "asyncio-py":
+            loop.set_task_factory(_py_task_factory)
+        elif self.config == "asyncio-eager":
+            loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        elif self.config == "asyncio-py-eager":
+            loop.set_task_factory(asyncio.create_eager_task_factory(_PyTask))  # type: ignore[attr-defined]
+        return loop
+
+    def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``fn(*args)`` as the main task of a fresh event loop."""
+        if self.is_trio:
+            import trio
+
+            return trio.run(fn, *args)
+        loop = self.new_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(loop.create_task(fn(*args)))
+        finally:
+            try:
+                _cancel_all(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def task_type_ok(self, task: Any) -> bool:
+        """Is *task* the Task implementation this configuration promises?"""
+        if self.config.startswith("asyncio-py"):
+            return type(task) is _PyTask
+        return True
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+@pytest.fixture(params=CONFIGS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return Backend(request.param)
+
+
+@pytest.fixture(params=[c for c in CONFIGS if c != "trio"])
+def aio_backend(request: pytest.FixtureRequest) -> Backend:
+    return Backend(request.param)
+
+
+def gc_collect_harder() -> None:
+    # Several passes: finalizers that run in one pass can free more in the next.
+    for _ in range(5):
+        gc.collect()
