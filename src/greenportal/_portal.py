@@ -118,11 +118,15 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> None:
             return
         coro = portal.coro
         assert coro is not None
+        # The step may suspend inside await_: hold no portal meanwhile.
+        del portal
         try:
             trap = coro.send(value) if exc is None else coro.throw(exc)
         except BaseException as error:
             _strip_own_frame(error)
             raise
+        portal = ref()
+        assert portal is not None  # the hub is stepping us through it
         portal._trap = trap
         switch = portal._hub.switch
         # Hold nothing of the task's while suspended (see "Ownership").
@@ -422,16 +426,17 @@ def _awaitable_iter(aw: object) -> Any:
     return it
 
 
-def _drive_await(ref: weakref.ref[Portal], it: Any) -> Any:
-    """Run the awaitable iterator *it* to completion on the current greenlet.
+def _drive_await(ref: weakref.ref[Portal], outer: Any) -> Any:
+    """Run the portal's current awaitable iterator to completion on this greenlet.
 
+    The caller has put the iterator in ``Portal._awaiting`` (and dropped its
+    own reference: see "Ownership"); *outer* is what to restore there after.
     Each trap goes to the portal's hub through ``Portal._trap``; the hub's
     answer comes back as the return value (or exception) of the switch.
     """
     portal = ref()
     assert portal is not None
-    outer = portal._awaiting
-    portal._awaiting = it
+    it = portal._awaiting
     value: Any = None
     exc: BaseException | None = None
     try:
@@ -495,10 +500,10 @@ def await_(aw: Awaitable[T]) -> T:
             portal.task_id is not None and id(_current_asyncio_task()) != portal.task_id
         ):
             return _await_slow(aw)  # type: ignore[no-any-return]
-        del portal
-        it = _awaitable_iter(aw)
-        del aw
-        return _drive_await(ref, it)  # type: ignore[no-any-return]
+        outer = portal._awaiting
+        portal._awaiting = _awaitable_iter(aw)
+        del aw, portal
+        return _drive_await(ref, outer)  # type: ignore[no-any-return]
     except BaseException as error:
         _strip_own_frame(error)
         raise
@@ -520,21 +525,30 @@ def _await_slow(aw: object) -> Any:
         raise
     try:
         portal, here = _find_portal()
-    except BaseException:
+    except BaseException as error:
         _close_quietly(aw)
+        _strip_own_frame(error)
         raise
     del aw
+    outer = portal._awaiting
+    portal._awaiting = it
+    del it
+    ref = weakref.ref(portal)
     try:
         if here is portal._gr:
-            return _drive_await(weakref.ref(portal), it)
+            del portal
+            return _drive_await(ref, outer)
         # A foreign greenlet (SQLAlchemy's greenlet_spawn, say) running inside
         # the portal greenlet: resume it, not the portal greenlet, until done.
         saved = portal._target
         portal._target = here
+        del portal
         try:
-            return _drive_await(weakref.ref(portal), it)
+            return _drive_await(ref, outer)
         finally:
-            portal._target = saved
+            portal = ref()
+            if portal is not None:
+                portal._target = saved
     except BaseException as error:
         _strip_own_frame(error)
         raise

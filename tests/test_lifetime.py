@@ -1,0 +1,127 @@
+"""Nothing outlives its task: greenlets, frames, portals, across thousands of tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import Any
+
+import anyio
+import pytest
+
+from greenportal import await_, ensure_portal, with_portal_run_sync
+from greenportal._portal import Portal, PortalGreenlet
+
+from .conftest import gc_collect_harder
+
+N_TASKS = 2000
+
+
+def live_portal_objects() -> tuple[int, int]:
+    gc_collect_harder()
+    objs = gc.get_objects()
+    portals = sum(1 for o in objs if type(o) is Portal)
+    greenlets = sum(1 for o in objs if isinstance(o, PortalGreenlet))
+    return portals, greenlets
+
+
+class Marker:
+    """Stands in for a frame local; its weakref tells us the frame is gone."""
+
+
+def test_finished_and_cancelled_tasks_leave_nothing(backend: Any) -> None:
+    refs: list[weakref.ref[Marker]] = []
+    finally_count = 0
+    waiting = 0
+
+    def sync_work(cancel_me: bool, all_waiting: anyio.Event | None) -> None:
+        nonlocal finally_count, waiting
+        marker = Marker()
+        refs.append(weakref.ref(marker))
+        try:
+            if cancel_me:
+                waiting += 1
+                if all_waiting is not None and waiting == N_TASKS // 2:
+                    all_waiting.set()
+                await_(anyio.sleep_forever())
+            else:
+                await_(anyio.sleep(0))
+        finally:
+            finally_count += 1
+            del marker
+
+    async def worker(i: int, all_waiting: anyio.Event) -> None:
+        await ensure_portal()
+        sync_work(i % 2 == 1, all_waiting)
+
+    async def main() -> None:
+        all_waiting = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            for i in range(N_TASKS):
+                tg.start_soon(worker, i, all_waiting)
+            await all_waiting.wait()
+            tg.cancel_scope.cancel()
+        for _ in range(200):  # inline portals too
+            await with_portal_run_sync(sync_work, False, None)
+
+    before = live_portal_objects()
+    backend.run(main)
+    assert finally_count == N_TASKS + 200
+    assert live_portal_objects() == before == (0, 0)
+    assert all(r() is None for r in refs)
+
+
+def test_task_collected_while_suspended(aio_backend: Any) -> None:
+    """An abandoned task suspended in await_ is collected; its sync frames unwind."""
+    unwound: list[str] = []
+    task_refs: list[weakref.ref[Any]] = []
+    destroyed_pending: list[str] = []
+
+    def sync_wait() -> None:
+        try:
+            # Only the awaited coroutine references this Event (and so the
+            # future it waits on): the task is garbage once we drop it.
+            await_(asyncio.Event().wait())
+        except BaseException as exc:
+            unwound.append(type(exc).__name__)
+            raise
+        finally:
+            unwound.append("finally")
+
+    async def abandoned() -> None:
+        await ensure_portal()
+        sync_wait()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(
+            lambda loop, ctx: destroyed_pending.append(ctx.get("message", ""))
+        )
+        for _ in range(50):
+            task = loop.create_task(abandoned())
+            task_refs.append(weakref.ref(task))
+            del task
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc_collect_harder()
+        await asyncio.sleep(0)
+
+    aio_backend.run(main)
+    gc_collect_harder()
+    assert all(r() is None for r in task_refs)
+    assert unwound.count("finally") == 50
+    assert unwound.count("GeneratorExit") == 50, unwound
+    assert live_portal_objects() == (0, 0)
+    assert all("destroyed but it is pending" in m for m in destroyed_pending)
+
+
+def test_portal_reuse_after_finish_is_an_error(backend: Any) -> None:
+    async def main() -> None:
+        portal = Portal(fn=lambda: 1)
+        with pytest.raises(StopIteration):
+            portal.send(None)
+        with pytest.raises(RuntimeError, match="cannot reuse"):
+            portal.send(None)
+
+    backend.run(main)
