@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 from typing import Any
 
@@ -72,6 +73,11 @@ def test_finished_and_cancelled_tasks_leave_nothing(backend: Any) -> None:
     assert all(r() is None for r in refs)
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="3.10 keeps call arguments on the caller's value stack, which the collector "
+    "cannot see inside a suspended greenlet; documented gap",
+)
 def test_task_collected_while_suspended(aio_backend: Any) -> None:
     """An abandoned task suspended in await_ is collected; its sync frames unwind."""
     unwound: list[str] = []

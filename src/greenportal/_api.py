@@ -67,6 +67,7 @@ def _install(backend: _backends.Backend, task: Any) -> Portal:
     coro = backend.get_coro(task)
     if coro is None or getattr(coro, "cr_frame", True) is None:
         raise RuntimeError(f"cannot give a portal to {task!r}: it has already finished")
+    backend.prepare()
     portal = Portal(cast(Coroutine[Any, Any, Any], coro), task_id=backend.task_id(task))
     backend.set_coro(task, portal)
     return portal
@@ -113,6 +114,7 @@ async def with_portal_run(
     if portal_of_current_task() is not None:
         return await async_fn(*args, **kwargs)
     backend, task = _backends.current_backend_and_task()
+    backend.prepare()
     aw = async_fn(*args, **kwargs)
     coro = aw if isinstance(aw, Coroutine) else _adapt(aw)
     try:
@@ -132,6 +134,7 @@ async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs:
     if portal_of_current_task() is not None:
         return sync_fn(*args, **kwargs)
     backend, task = _backends.current_backend_and_task()
+    backend.prepare()
     call = functools.partial(sync_fn, *args, **kwargs)
     try:
         return await cast(Awaitable[T], Portal(fn=call, task_id=backend.task_id(task)))

@@ -50,6 +50,9 @@ class Backend:
         """What a portal of *task* records to recognise its task, if needed."""
         return None
 
+    def prepare(self) -> None:
+        """Called before a portal is made on the current loop."""
+
     def owns(self, task: object) -> bool:
         raise NotImplementedError
 
@@ -76,6 +79,11 @@ class AsyncioBackend(Backend):
             return None
 
     def get_coro(self, task: Any) -> object:
+        if task.done():
+            # A finished task has no coroutine to speak of; and on CPython
+            # 3.12.0-3.12.2, get_coro() on a task finished by an eager factory
+            # crashes the interpreter (it returns NULL).
+            return None
         return task.get_coro()
 
     def set_coro(self, task: Any, coro: object) -> None:
@@ -101,6 +109,12 @@ class AsyncioBackend(Backend):
 
     def task_id(self, task: Any) -> int | None:
         return id(task)
+
+    def prepare(self) -> None:
+        if sys.version_info >= (3, 12):
+            from . import _eager
+
+            _eager.guard_loop(self._asyncio.get_running_loop())
 
     def owns(self, task: object) -> bool:
         return isinstance(task, self._asyncio.Task) or (

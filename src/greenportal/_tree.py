@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import greenlet
 
-from . import _backends
+from . import _backends, _eager
 from ._api import _install, with_portal_run
 from ._portal import Portal, portal_of_current_task
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     import asyncio
 
     import trio
+
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -130,35 +132,55 @@ def _trio_children() -> Iterator[None]:
 # -- asyncio -------------------------------------------------------------------
 
 
-class _TreeTaskFactory:
-    """A task factory that gives portals to tasks created inside tree scopes."""
+def _wrap_for_tree(coro: Any, context: contextvars.Context | None) -> tuple[Any, Portal | None]:
+    """Wrap *coro* in a portal if the task is being created inside a tree scope."""
+    import asyncio
 
-    def __init__(self, inner: Callable[..., asyncio.Task[Any]] | None) -> None:
-        # The factory the loop had before us, called to make every task.
-        self.inner = inner
-        # Number of scopes on this loop that are active now.
-        self.scopes = 0
+    active = context.get(_in_tree, False) if context is not None else _in_tree.get()
+    if not active or type(coro) is Portal or not asyncio.iscoroutine(coro):
+        return coro, None
+    portal = Portal(coro)
+    return portal, portal
 
-    def __call__(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        import asyncio
 
-        ctx = kwargs.get("context")
-        active = ctx.get(_in_tree, False) if ctx is not None else _in_tree.get()
-        if not active or not asyncio.iscoroutine(coro) or type(coro) is Portal:
-            return self._make(loop, coro, kwargs)
-        portal = Portal(coro)
-        task = self._make(loop, portal, kwargs)
-        # Set only now: an eager factory ran the first step during _make, when
-        # the task had no id to check against (None means "do not check").
-        portal.task_id = id(task)
+def _tree_factory(inner: Callable[..., Any] | None) -> Callable[..., Any]:
+    """A task factory that behaves like *inner* and gives tree tasks portals."""
+    import asyncio
+
+    ctor = _eager.eager_constructor(inner)
+    if ctor is not None:
+        # Made by asyncio.create_eager_task_factory(ctor): we make another one
+        # around our own constructor rather than wrapping the factory, because
+        # code that must not start tasks eagerly (anyio's task groups)
+        # recognises such factories and calls their constructor itself.
+        return _eager.make_eager_factory(ctor, _wrap_for_tree)
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        coro, portal = _wrap_for_tree(coro, kwargs.get("context"))
+        if inner is not None:
+            task = inner(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        if portal is not None:
+            portal.task_id = id(task)
         return task
 
-    def _make(self, loop: asyncio.AbstractEventLoop, coro: Any, kwargs: dict[str, Any]) -> Any:
-        if self.inner is not None:
-            return self.inner(loop, coro, **kwargs)
-        import asyncio
+    return factory
 
-        return asyncio.Task(coro, loop=loop, **kwargs)
+
+class _TreeState:
+    """Our task factory on one loop, and how to take it out again."""
+
+    def __init__(self, inner: Callable[..., Any] | None) -> None:
+        # The factory the loop had before us.
+        self.inner = inner
+        # What we installed in its place.
+        self.factory = _tree_factory(inner)
+        # Number of scopes on this loop that are active now; 0 => uninstall.
+        self.scopes = 0
+
+
+_tree_states: weakref.WeakKeyDictionary[Any, _TreeState] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -166,19 +188,20 @@ def _asyncio_children() -> Iterator[None]:
     import asyncio
 
     loop = asyncio.get_running_loop()
-    factory = loop.get_task_factory()
-    if not isinstance(factory, _TreeTaskFactory):
-        factory = _TreeTaskFactory(factory)
-        loop.set_task_factory(factory)
-    factory.scopes += 1
+    state = _tree_states.get(loop)
+    if state is None or loop.get_task_factory() is not state.factory:
+        state = _tree_states[loop] = _TreeState(loop.get_task_factory())
+        loop.set_task_factory(state.factory)
+    state.scopes += 1
     token = _in_tree.set(True)
     try:
         yield
     finally:
         _in_tree.reset(token)
-        factory.scopes -= 1
-        if factory.scopes == 0 and loop.get_task_factory() is factory:
-            loop.set_task_factory(factory.inner)
+        state.scopes -= 1
+        if state.scopes == 0 and loop.get_task_factory() is state.factory:
+            loop.set_task_factory(state.inner)
+            del _tree_states[loop]
 
 
 # -- public --------------------------------------------------------------------
