@@ -1,0 +1,137 @@
+"""The checked write into asyncio's C Task (greenportal._ctask)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from greenportal import _ctask, await_, ensure_portal
+
+CTask: Any = getattr(asyncio.tasks, "_CTask", None)
+pytestmark = pytest.mark.skipif(CTask is None, reason="no C Task on this Python")
+
+
+async def _sleeper() -> None:
+    await asyncio.sleep(10)
+
+
+def test_swap_and_swap_back() -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(_sleeper())
+        await asyncio.sleep(0)
+        original = task.get_coro()
+
+        async def replacement() -> None:
+            pass
+
+        new = replacement()
+        _ctask.set_coro(task, new)
+        assert task.get_coro() is new
+        _ctask.set_coro(task, original)
+        assert task.get_coro() is original
+        new.close()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def test_layout_mismatch_raises_before_writing(monkeypatch: Any) -> None:
+    """A wrong remembered offset is caught by the check, and nothing is written."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(_sleeper())
+        await asyncio.sleep(0)
+        original = task.get_coro()
+        good = _ctask._find_offset(task, original)
+        monkeypatch.setitem(_ctask._offsets, type(task), good + _ctask._WORD)
+
+        async def replacement() -> None:
+            pass
+
+        new = replacement()
+        with pytest.raises(RuntimeError, match="check of .* failed before writing"):
+            _ctask.set_coro(task, new)
+        assert task.get_coro() is original
+        new.close()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def test_ambiguous_layout_is_refused() -> None:
+    """If the scan finds no unique field, we refuse with an explanation."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(_sleeper())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="cannot locate the coroutine field"):
+            _ctask._find_offset(task, object())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def test_portal_under_python_dash_O() -> None:
+    """The same checks and behaviour with assertions compiled out."""
+    script = textwrap.dedent(
+        """
+        import asyncio, greenportal
+        from greenportal import _ctask
+        assert False, "asserts must be off"
+        """
+    )
+    # First prove -O really disables asserts, then exercise the write path.
+    subprocess.run([sys.executable, "-O", "-c", script], check=True, timeout=60)
+    script = textwrap.dedent(
+        """
+        import asyncio, greenportal
+        async def io():
+            await asyncio.sleep(0)
+            return 7
+        def sync_layer():
+            return greenportal.await_(io())
+        async def worker():
+            await greenportal.ensure_portal()
+            return sync_layer()
+        async def main():
+            results = await asyncio.gather(*(worker() for _ in range(100)))
+            assert results == [7] * 100
+            t = asyncio.current_task()
+            print(type(t).__module__, type(t.get_coro()).__name__)
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-O", "-W", "error", "-c", script],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.split() == ["_asyncio", "coroutine"]
+
+
+def test_ensure_portal_uses_the_write(backend: Any) -> None:
+    """ensure_portal on a C task leaves a Portal as the task's coroutine."""
+    if backend.is_trio:
+        pytest.skip("asyncio only")
+
+    async def main() -> None:
+        await ensure_portal()
+        task = asyncio.current_task()
+        assert task is not None
+        assert type(task.get_coro()).__name__ == "Portal"
+        assert await_(asyncio.sleep(0, "ok")) == "ok"
+
+    backend.run(main)

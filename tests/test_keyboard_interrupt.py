@@ -1,0 +1,112 @@
+"""A real SIGINT while a portal task is suspended in await_ behaves as in native code.
+
+Each scenario runs in a child interpreter (signal handlers are process-wide),
+once with the task waiting in native code and once in sync code through a
+portal; both runs must end the same way.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import signal, sys
+    config, mode = sys.argv[1], sys.argv[2]
+    import greenportal
+
+    def log(msg):
+        print(msg, flush=True)
+
+    if config == "trio":
+        import trio
+        sleep_forever, sleep = trio.sleep_forever, trio.sleep
+    else:
+        import asyncio
+        async def sleep_forever():
+            await asyncio.Event().wait()
+        sleep = asyncio.sleep
+
+    def sync_wait():
+        try:
+            greenportal.await_(sleep_forever())
+        finally:
+            log("sync finally")
+
+    async def native_wait():
+        try:
+            await sleep_forever()
+        finally:
+            log("sync finally")
+
+    def interrupter():
+        # From another thread, so that the signal lands while the event loop
+        # waits for I/O, as a user's Ctrl-C usually does.
+        import os, time
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    async def main():
+        import threading
+        threading.Thread(target=interrupter, daemon=True).start()
+        await body()
+
+    async def body():
+        try:
+            if mode == "portal":
+                await greenportal.ensure_portal()
+                sync_wait()
+            else:
+                await native_wait()
+        finally:
+            log("main finally")
+
+    try:
+        if config == "trio":
+            trio.run(main)
+        elif sys.version_info >= (3, 11):
+            factory = None
+            if config == "uvloop":
+                import uvloop
+                factory = uvloop.new_event_loop
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(main())
+        else:
+            if config == "uvloop":
+                import uvloop
+                uvloop.install()
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        log("KeyboardInterrupt")
+    else:
+        log("no exception")
+    """
+)
+
+
+def run(config: str, mode: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", SCRIPT, config, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("\n")
+
+
+@pytest.mark.parametrize("config", ["asyncio", "uvloop", "trio"])
+def test_sigint_while_suspended_in_await(config: Any) -> None:
+    if config == "uvloop" and sys.version_info < (3, 11):
+        pytest.skip("uvloop.install is deprecated; Runner(loop_factory) needs 3.11")
+    native = run(config, "native")
+    portal = run(config, "portal")
+    assert portal == native
+    assert "KeyboardInterrupt" in portal
+    assert "sync finally" in portal and "main finally" in portal
