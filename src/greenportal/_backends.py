@@ -8,8 +8,7 @@ library names.
 
 Detection never imports an event loop: Trio is consulted only if ``trio`` is
 already in ``sys.modules``, asyncio only if ``asyncio`` is (the approach of
-sniffio).  Trio is checked first because a Trio guest run on an asyncio host
-sees both, and its tasks are Trio's.
+sniffio).
 """
 
 from __future__ import annotations
@@ -182,21 +181,21 @@ def get_backend(name: str) -> Backend:
 
 def current_backend() -> Backend | None:
     """The backend running the current task, or None if no task is running."""
-    if "trio" in sys.modules:
-        trio = sys.modules["trio"]
+    asyncio = sys.modules.get("asyncio")
+    # asyncio first, as it is cheap to ask; a Trio guest run on an asyncio
+    # host steps its tasks in plain callbacks, where asyncio sees no task.
+    if asyncio is not None:
+        loop = asyncio._get_running_loop()
+        if loop is not None and asyncio.current_task(loop) is not None:
+            return get_backend("asyncio")
+    trio = sys.modules.get("trio")
+    if trio is not None:
         try:
             trio.lowlevel.current_task()
         except (RuntimeError, AttributeError):
             pass
         else:
             return get_backend("trio")
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None:
-        try:
-            if asyncio.current_task() is not None:
-                return get_backend("asyncio")
-        except RuntimeError:
-            pass
     return None
 
 

@@ -555,20 +555,14 @@ def _await_slow(aw: object) -> Any:
 
 
 def _find_portal() -> tuple[Portal, greenlet.greenlet]:
-    """Find the portal serving the current task and the current greenlet.
+    """Find the portal serving the current task, and the current greenlet.
 
     Raises the RuntimeError that explains why there is none.
     """
+    portal = portal_of_current_task()
+    if portal is not None:
+        return portal, getcurrent()
     backend, task = _backends.current_backend_and_task()
-    here = getcurrent()
-    gr: greenlet.greenlet | None = here
-    while gr is not None:
-        ref = getattr(gr, "portal_ref", None)
-        if ref is not None:
-            portal = ref()
-            if portal is not None and _portal_serves(portal, task):
-                return portal, here
-        gr = gr.parent
     coro = backend.get_coro(task)
     if isinstance(coro, Portal) and coro._gr is None:
         msg = (
@@ -586,18 +580,30 @@ def _find_portal() -> tuple[Portal, greenlet.greenlet]:
     raise RuntimeError(msg)
 
 
-def _portal_serves(portal: Portal, task: object) -> bool:
-    # Under Trio a task never steps inside another task's portal greenlet, so
-    # finding the portal on our greenlet chain is proof enough (task_id is None).
-    return portal.task_id is None or portal.task_id == id(task)
-
-
 def portal_of_current_task() -> Portal | None:
-    """The portal through which the current code runs, or None."""
-    try:
-        return _find_portal()[0]
-    except RuntimeError:
-        return None
+    """The portal through which the current code runs, or None.
+
+    Walks up from the current greenlet to the first portal greenlet whose
+    portal serves the running task.  Cheap when there is none: it asks the
+    event loop for the current task only if it meets an asyncio portal.
+    """
+    gr: greenlet.greenlet | None = getcurrent()
+    task_id: int | None = None
+    while gr is not None:
+        ref = getattr(gr, "portal_ref", None)
+        if ref is not None:
+            portal = ref()
+            if portal is not None:
+                # Under Trio (task_id None) a task never steps inside another
+                # task's portal greenlet, so being on the chain is proof enough.
+                if portal.task_id is None:
+                    return portal
+                if task_id is None:
+                    task_id = id(_current_asyncio_task())
+                if portal.task_id == task_id:
+                    return portal
+        gr = gr.parent
+    return None
 
 
 def find_portal_in(coro: object) -> Portal | None:
