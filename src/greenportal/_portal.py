@@ -85,6 +85,11 @@ _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 
 
+# What a portal greenlet switches to its hub with when it has parked a trap
+# in Portal._trap (anything else means the greenlet has ended).
+_PARKED: Any = object()
+
+
 class _Detach(BaseException):
     """Thrown into a portal greenlet to make it exit without touching its coroutine."""
 
@@ -103,13 +108,14 @@ def _strip_own_frame(exc: BaseException) -> None:
         exc.__traceback__ = tb.tb_next
 
 
-def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> None:
+def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> tuple[Any] | None:
     """Body of a portal greenlet in coroutine mode: step the task's coroutine.
 
     Each iteration sends the hub's value (or throws its exception) into the
-    coroutine, parks the yielded trap on the portal, and switches to the hub.
-    A returning or raising coroutine ends the greenlet, and greenlet hands the
-    ``StopIteration`` or exception to the parent, which is the hub.
+    coroutine, parks the yielded trap on the portal, and switches to the hub
+    with ``_PARKED``.  When the coroutine returns, the greenlet ends with
+    ``(value,)``; when it raises, greenlet hands the exception to the parent,
+    which is the hub.  ``None`` means the greenlet was told to stop.
     """
     exc: BaseException | None = None
     while True:
@@ -122,6 +128,10 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> None:
         del portal
         try:
             trap = coro.send(value) if exc is None else coro.throw(exc)
+        except StopIteration as stop:
+            # Returned, not raised: an exception crossing to the hub through
+            # greenlet costs several microseconds.
+            return (stop.value,)
         except BaseException as error:
             _strip_own_frame(error)
             raise
@@ -133,7 +143,7 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> None:
         del portal, coro, trap
         exc = value = None
         try:
-            value = switch()
+            value = switch(_PARKED)
         except _Detach:
             return
         except greenlet.GreenletExit:
@@ -145,15 +155,14 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> None:
             exc = error
 
 
-def _run_sync(ref: weakref.ref[Portal], fn: Callable[[], Any], value: Any) -> None:
-    """Body of a portal greenlet in sync mode: call *fn* and report its result."""
+def _run_sync(ref: weakref.ref[Portal], fn: Callable[[], Any], value: Any) -> tuple[Any]:
+    """Body of a portal greenlet in sync mode: call *fn*, hand its result to the hub."""
     del ref, value
     try:
-        result = fn()
+        return (fn(),)
     except BaseException as error:
         _strip_own_frame(error)
         raise
-    raise StopIteration(result)
 
 
 class Portal:
@@ -241,14 +250,17 @@ class Portal:
         target = self._target
         assert target is not None
         try:
-            target.switch(value)
+            res = target.switch(value)
         except BaseException as error:
             self._after_error()
             _strip_own_frame(error)
             raise
-        trap = self._trap
-        self._trap = None
-        return trap
+        if res is _PARKED:
+            trap = self._trap
+            self._trap = None
+            return trap
+        self._target = _FINISHED
+        raise StopIteration(None if res is None else res[0])
 
     def _after_error(self) -> None:
         gr = self._gr
@@ -269,14 +281,17 @@ class Portal:
         target = self._target
         assert target is not None
         try:
-            target.throw(exc)
+            res = target.throw(exc)
         except BaseException as error:
             self._after_error()
             _strip_own_frame(error)
             raise
-        trap = self._trap
-        self._trap = None
-        return trap
+        if res is _PARKED:
+            trap = self._trap
+            self._trap = None
+            return trap
+        self._target = _FINISHED
+        raise StopIteration(None if res is None else res[0])
 
     def close(self) -> None:
         """Close the portal: unwind its frames with ``GeneratorExit``."""
@@ -295,8 +310,10 @@ class Portal:
         target = self._target
         assert target is not None
         try:
-            target.throw(GeneratorExit)
+            res = target.throw(GeneratorExit)
         except (GeneratorExit, StopIteration):
+            return
+        if res is not _PARKED:  # the coroutine caught GeneratorExit and returned
             return
         self._trap = None
         raise RuntimeError("coroutine ignored GeneratorExit")
@@ -454,7 +471,7 @@ def _drive_await(ref: weakref.ref[Portal], outer: Any) -> Any:
             del portal, it, trap
             exc = value = None
             try:
-                value = switch()
+                value = switch(_PARKED)
             except BaseException as error:
                 _strip_own_frame(error)
                 exc = error
