@@ -207,8 +207,7 @@ def main() -> None:
     print(f"# {args.loop}, Python {sys.version.split()[0]}, greenlet {greenlet.__version__}")
     print(f"# rounds={args.rounds} n={args.n}; per operation, median [min-max] of rounds")
     print(f"{'greenlet switch pair (floor)':58s} {floor * 1e6:8.3f} us")
-    for name in results:
-        vals = results[name]
+    for name, vals in results.items():
         base = native_ten if "10-trap" in name else native
         extra = ""
         if name.startswith(("checkpoint in", "await_(")):

@@ -98,7 +98,7 @@ def test_async_context_rejects_non_context_managers(backend: Any) -> None:
     expected = TypeError if sys.version_info >= (3, 11) else AttributeError
 
     def sync_code() -> None:
-        with pytest.raises(expected, match="asynchronous context manager"):  # noqa: SIM117
+        with pytest.raises(expected, match="asynchronous context manager"):
             with async_context(object()):
                 pass
 

@@ -88,7 +88,7 @@ def test_bestow_portal_on_another_task(backend: Any) -> None:
 
 def test_bestow_portal_rejects_bad_input(backend: Any) -> None:
     async def main() -> None:
-        with pytest.raises(TypeError, match="expected an asyncio.Task or a trio.lowlevel.Task"):
+        with pytest.raises(TypeError, match=r"expected an asyncio\.Task or a trio\.lowlevel\.Task"):
             bestow_portal(object())
         if not backend.is_trio:
 

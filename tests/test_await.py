@@ -194,7 +194,7 @@ def test_non_awaitable_is_a_type_error(backend: Any) -> None:
         def plain_gen() -> Any:
             yield 1
 
-        with pytest.raises(TypeError, match="types.coroutine"):
+        with pytest.raises(TypeError, match=r"types\.coroutine"):
             await_(plain_gen())
 
     backend.run(main)

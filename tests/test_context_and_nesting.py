@@ -1,4 +1,4 @@
-"""Context variables and nesting: await_ inside await_, portals inside portals, foreign greenlets."""
+"""Context variables, and nesting: await_ in await_, portals in portals, foreign greenlets."""
 
 from __future__ import annotations
 

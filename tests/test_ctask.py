@@ -56,7 +56,7 @@ def test_layout_mismatch_raises_before_writing(monkeypatch: Any) -> None:
             pass
 
         new = replacement()
-        with pytest.raises(RuntimeError, match="check of .* failed before writing"):
+        with pytest.raises(RuntimeError, match=r"check of .* failed before writing"):
             _ctask.set_coro(task, new)
         assert task.get_coro() is original
         new.close()

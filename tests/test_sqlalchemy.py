@@ -33,6 +33,7 @@ class Item(Base):
 
 def test_sqlalchemy_bridge_inside_portal(aio_backend: Any) -> None:
     """SQLAlchemy's greenlet_spawn/await_only run inside a portal, and await_ runs inside them."""
+
     def sqlalchemy_style(x: int) -> int:
         a = await_only(asyncio.sleep(0, x))  # SQLAlchemy's own bridge
         b = await_(asyncio.sleep(0.001, x))  # ours, inside SQLAlchemy's greenlet
@@ -53,6 +54,7 @@ def test_sqlalchemy_bridge_inside_portal(aio_backend: Any) -> None:
 
 def test_sqlalchemy_orm_from_sync_code_in_portal(aio_backend: Any, tmp_path: Any) -> None:
     """A real SQLAlchemy asyncio engine on aiosqlite, driven from sync code via await_."""
+
     def repository_add(session: AsyncSession, names: list[str]) -> None:
         session.add_all([Item(name=n) for n in names])
         await_(session.commit())

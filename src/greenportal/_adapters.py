@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
-from collections.abc import Coroutine
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+)
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, cast
 
@@ -26,7 +32,9 @@ T2 = TypeVar("T2")
 
 # Native `async with` on an object without __aenter__ raises TypeError since
 # Python 3.11 and AttributeError before; we match the running Python.
-_MissingProtocolError: type[Exception] = TypeError if sys.version_info >= (3, 11) else AttributeError
+_MissingProtocolError: type[Exception] = (
+    TypeError if sys.version_info >= (3, 11) else AttributeError
+)
 
 
 def autoawait(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
@@ -71,7 +79,7 @@ def decorate_as_sync(
     return apply
 
 
-class async_context(Generic[T]):  # noqa: N801 - public name kept from greenback
+class async_context(Generic[T]):
     """Use an async context manager in a synchronous ``with`` statement."""
 
     __slots__ = ("_aexit", "_cm")
@@ -106,7 +114,7 @@ class async_context(Generic[T]):  # noqa: N801 - public name kept from greenback
         return await_(aexit(self._cm, exc_type, exc, tb))
 
 
-class async_iter(Generic[T]):  # noqa: N801 - public name kept from greenback
+class async_iter(Generic[T]):
     """Use an async iterable in a synchronous ``for`` loop (or ``yield from``).
 
     For an async generator, ``send``, ``throw`` and ``close`` map to
@@ -120,8 +128,7 @@ class async_iter(Generic[T]):  # noqa: N801 - public name kept from greenback
         aiter_ = getattr(tp, "__aiter__", None)
         if aiter_ is None:
             raise TypeError(
-                f"async_iter() needs an async iterable (with __aiter__), got "
-                f"{tp.__qualname__!r}"
+                f"async_iter() needs an async iterable (with __aiter__), got {tp.__qualname__!r}"
             )
         it = aiter_(iterable)
         if getattr(type(it), "__anext__", None) is None:

@@ -63,10 +63,9 @@ Known gaps
 from __future__ import annotations
 
 import collections.abc
-import sys
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
@@ -77,9 +76,14 @@ from . import _backends
 T = TypeVar("T")
 
 getcurrent = greenlet.getcurrent
+
+
 # asyncio.current_task, bound by the asyncio backend when it makes its first
 # portal (so that a Trio program never imports asyncio through us).
-_current_asyncio_task: Callable[[], object] = lambda: None
+def _current_asyncio_task() -> object:
+    return None
+
+
 _CO_ITERABLE_COROUTINE = 0x100  # inspect.CO_ITERABLE_COROUTINE
 _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
@@ -94,7 +98,7 @@ class _Detach(BaseException):
     """Thrown into a portal greenlet to make it exit without touching its coroutine."""
 
 
-class PortalGreenlet(greenlet.greenlet):  # type: ignore[misc]
+class PortalGreenlet(greenlet.greenlet):
     """The greenlet on which a portal's task (or sync function) runs."""
 
     # Weak on purpose: see "Ownership" in the module docstring.
@@ -121,7 +125,7 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> tuple[Any] | None:
     while True:
         portal = ref()
         if portal is None:  # collected while we were suspended; nothing to step
-            return
+            return None
         coro = portal.coro
         assert coro is not None
         # The step may suspend inside await_: hold no portal meanwhile.
@@ -138,18 +142,20 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> tuple[Any] | None:
         portal = ref()
         assert portal is not None  # the hub is stepping us through it
         portal._trap = trap
-        switch = portal._hub.switch
+        hub = portal._hub
+        assert hub is not None
+        switch = hub.switch
         # Hold nothing of the task's while suspended (see "Ownership").
-        del portal, coro, trap
+        del portal, coro, trap, hub
         exc = value = None
         try:
             value = switch(_PARKED)
         except _Detach:
-            return
+            return None
         except greenlet.GreenletExit:
             # Our portal was dropped without being closed (another thread ran
             # its finalizer); the coroutine is closed by its own finalizer.
-            return
+            return None
         except BaseException as error:
             _strip_own_frame(error)
             exc = error
@@ -228,7 +234,7 @@ class Portal:
         if gr is None:
             ref = weakref.ref(self)
             if self.coro is not None:
-                run: Callable[[Any], None] = partial(_drive_coroutine, ref)
+                run: Callable[[Any], tuple[Any] | None] = partial(_drive_coroutine, ref)
             else:
                 assert self.fn is not None
                 run = partial(_run_sync, ref, self.fn)
@@ -340,8 +346,8 @@ class Portal:
             # Finalized on another thread: greenlet kills it on its own thread.
             pass
 
-    def __await__(self) -> Generator[Any, Any, Any]:
-        return self  # type: ignore[return-value]
+    def __await__(self) -> Portal:
+        return self
 
     def __iter__(self) -> Portal:
         return self
@@ -509,7 +515,7 @@ def await_(aw: Awaitable[T]) -> T:
     """
     try:
         try:
-            ref = getcurrent().portal_ref
+            ref = getcurrent().portal_ref  # type: ignore[attr-defined]
         except AttributeError:
             return _await_slow(aw)  # type: ignore[no-any-return]
         portal = ref()
@@ -563,9 +569,9 @@ def _await_slow(aw: object) -> Any:
         try:
             return _drive_await(ref, outer)
         finally:
-            portal = ref()
-            if portal is not None:
-                portal._target = saved
+            restore = ref()
+            if restore is not None:
+                restore._target = saved
     except BaseException as error:
         _strip_own_frame(error)
         raise
@@ -607,7 +613,7 @@ def portal_of_current_task() -> Portal | None:
     gr: greenlet.greenlet | None = getcurrent()
     task_id: int | None = None
     while gr is not None:
-        ref = getattr(gr, "portal_ref", None)
+        ref: weakref.ref[Portal] | None = getattr(gr, "portal_ref", None)
         if ref is not None:
             portal = ref()
             if portal is not None:
@@ -632,4 +638,3 @@ def find_portal_in(coro: object) -> Portal | None:
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         seen += 1
     return None
-

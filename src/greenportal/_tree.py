@@ -50,7 +50,15 @@ _in_tree: contextvars.ContextVar[bool] = contextvars.ContextVar("greenportal_tre
 # -- Trio ----------------------------------------------------------------------
 
 
-class AutoPortalInstrument:
+if TYPE_CHECKING:
+    from trio.abc import Instrument as _Instrument
+else:
+    # Trio accepts any object with the hook methods; subclassing its ABC would
+    # import Trio into asyncio programs.
+    _Instrument = object
+
+
+class AutoPortalInstrument(_Instrument):
     """A Trio instrument that gives new tasks portals.
 
     :func:`portals_for_children` and :func:`with_portal_run_tree` add one for
@@ -86,7 +94,8 @@ class AutoPortalInstrument:
 
     def _adopt(self, task: trio.lowlevel.Task) -> None:
         backend = _backends.get_backend("trio")
-        if type(task.coro) is not Portal:
+        coro: object = task.coro
+        if not isinstance(coro, Portal):
             _install(backend, task)
         self.tasks[task] = 0
 
@@ -273,4 +282,3 @@ async def with_portal_run_tree(
     """
     with portals_for_children():
         return await with_portal_run(async_fn, *args, **kwargs)
-
