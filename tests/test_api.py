@@ -370,3 +370,22 @@ def test_tasks_created_inside_a_portal_do_not_start_eagerly(aio_backend: Any) ->
     else:
         assert started[:2] == ["after create (outside)", "outside"]
     assert started[2:] == ["after create (portal)", "from portal"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+def test_under_anyio_run(anyio_backend: str) -> None:
+    """anyio.run() on either backend: portals, await_, tree portals."""
+
+    async def child(results: list[int]) -> None:
+        results.append(await_(_double(1)))
+
+    async def main() -> list[int]:
+        results: list[int] = []
+        await ensure_portal()
+        results.append(await_(_double(2)))
+        with portals_for_children():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(child, results)
+        return results
+
+    assert sorted(anyio.run(main, backend=anyio_backend)) == [2, 4]
