@@ -255,3 +255,31 @@ def test_await_in_sync_portal_without_awaiting(backend: Any) -> None:
 
 def _raise_boom() -> None:
     raise Boom
+
+
+def test_unsupported_library_is_named() -> None:
+    sniffio = pytest.importorskip("sniffio")
+    token = sniffio.current_async_library_cvar.set("curio")
+    try:
+        coro = double(1)
+        with pytest.raises(RuntimeError, match="does not support the 'curio' async library"):
+            await_(coro)
+        assert coro.cr_frame is None
+    finally:
+        sniffio.current_async_library_cvar.reset(token)
+
+
+def test_asyncio_program_never_imports_trio() -> None:
+    import subprocess
+
+    script = (
+        "import sys, asyncio, greenportal\n"
+        "async def main():\n"
+        "    await greenportal.ensure_portal()\n"
+        "    greenportal.await_(asyncio.sleep(0))\n"
+        "    await greenportal.with_portal_run_tree(asyncio.sleep, 0)\n"
+        "    assert not greenportal.has_portal(asyncio.ensure_future(asyncio.sleep(0)))\n"
+        "asyncio.run(main())\n"
+        "assert 'trio' not in sys.modules, 'trio was imported'\n"
+    )
+    subprocess.run([sys.executable, "-W", "error", "-c", script], check=True, timeout=60)
