@@ -375,13 +375,13 @@ class Portal:
     def cr_running(self) -> bool:
         return bool(getattr(self.coro, "cr_running", False))
 
-    def __getattr__(self, name: str) -> str:
-        # __name__ and __qualname__ cannot be class-body properties (type()
-        # claims them), so they come through here; they name the wrapped code,
-        # which keeps asyncio's task reprs and debug logs about the user's code.
-        if name in ("__name__", "__qualname__"):
-            return str(_describe(self, name))
-        raise AttributeError(f"{type(self).__qualname__!r} object has no attribute {name!r}")
+    # asyncio's task repr and debug logs use the coroutine's __qualname__, or
+    # failing that its __name__: this keeps them about the user's code.  (A
+    # __qualname__ property cannot be declared in a class body, and a
+    # __getattr__ would slow every attribute access on the hot path.)
+    @property
+    def __name__(self) -> str:
+        return str(_describe(self, "__name__"))
 
     def __repr__(self) -> str:
         inner = self.coro if self.coro is not None else self.fn
