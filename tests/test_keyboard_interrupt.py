@@ -18,6 +18,9 @@ SCRIPT = textwrap.dedent(
     """
     import signal, sys
     config, mode = sys.argv[1], sys.argv[2]
+    # A parent started with SIGINT ignored (nohup, 'cmd &') passes that on;
+    # start from Python's default so the scenario is the interactive one.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import greenportal
 
     def log(msg):

@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Run greenportal's whole check: tests on every CPython 3.10-3.13 found, lint, types, docs.
+
+Usage::
+
+    python3 scripts/test.py [--quick] [--no-lint] [-- PYTEST_ARGS...]
+
+For each of CPython 3.10, 3.11, 3.12 and 3.13 that is found (``python3.X`` on
+PATH, else ``$PYENV_ROOT/versions/3.X*`` or ``~/.pyenv/versions/3.X*``), this
+creates or reuses ``.venv-test-3.X`` in the repository root, installs
+``-e .[test]`` into it and runs ``python -m pytest PYTEST_ARGS``.  Then, once,
+on the newest version found:
+
+* ``python -O -m pytest -q -k "ctask or await"`` (the ctypes code must work
+  with asserts off);
+* in ``.venv-lint`` (``-e .[lint,docs]``): ``ruff check``, ``ruff format
+  --check``, ``mypy`` and, if ``docs/conf.py`` exists, a warnings-as-errors
+  Sphinx build.
+
+Every step runs even if an earlier one failed; a summary table follows, and
+the exit status is 1 if any step failed (pytest collecting no test counts as
+a failure).  Standard library only: needs nothing but a python3 to start.
+
+Options:
+    --quick     test only the newest Python found (lint still runs)
+    --no-lint   skip ruff, mypy and the docs build
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
+LINT_PATHS = ["src", "tests", "benchmarks", "examples", "scripts"]
+FORMAT_PATHS = ["src", "tests"]
+INSTALL_TIMEOUT = 10 * 60
+RUN_TIMEOUT = 10 * 60
+IS_WINDOWS = os.name == "nt"
+# Under -O pytest warns that asserts outside test modules are off (which is the
+# point of that run); the project's filterwarnings=error would make it fatal.
+QUIET_OPTIMIZE_WARNING = ["-W", "ignore:assertions not in test modules:pytest.PytestConfigWarning"]
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # PASS, FAIL or SKIP
+    seconds: float = 0.0
+    note: str = ""
+    counts: dict[str, int] = field(default_factory=dict)  # pytest outcomes
+
+
+RESULTS: list[Step] = []
+REPORTS = Path(tempfile.gettempdir())  # replaced by a private directory in main()
+
+
+def say(text: str = "", end: str = "\n") -> None:
+    print(text, end=end, flush=True)
+
+
+def banner(text: str) -> None:
+    say()
+    say(f"=== {text} " + "=" * max(3, 76 - len(text)))
+
+
+def record(step: Step) -> Step:
+    RESULTS.append(step)
+    extra = f" ({step.note})" if step.note else ""
+    say(f"--- {step.name}: {step.status} in {step.seconds:.1f}s{extra}")
+    return step
+
+
+def skip(name: str, why: str) -> Step:
+    return record(Step(name, "SKIP", 0.0, why))
+
+
+# --- running commands --------------------------------------------------------
+
+
+def venv_env(venv: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    env["PIP_NO_INPUT"] = "1"
+    env.pop("PYTHONHOME", None)
+    if venv is not None:  # what `activate` would do
+        env["VIRTUAL_ENV"] = str(venv)
+        env["PATH"] = str(bin_dir(venv)) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def execute(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float) -> int | str:
+    """Run *cmd* in the repo root, streaming its output; return its exit code or an error."""
+    say("$ " + shlex.join(cmd))
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=not IS_WINDOWS)
+    except OSError as error:
+        return f"could not start: {error}"
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        return f"timed out after {timeout:.0f}s"
+    except KeyboardInterrupt:
+        kill_tree(proc, signal.SIGINT)
+        raise
+
+
+def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if IS_WINDOWS:
+        proc.kill()
+    else:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def pytest_counts(report: Path) -> dict[str, int]:
+    """Outcome counts from a pytest JUnit XML report ({} if there is none)."""
+    try:
+        root = ET.parse(report).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    counts = dict.fromkeys(["passed", "failed", "errors", "skipped"], 0)
+    for suite in root.iter("testsuite"):
+        total, failed, errors, skipped = (
+            int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")
+        )
+        counts["passed"] += total - failed - errors - skipped
+        counts["failed"] += failed
+        counts["errors"] += errors
+        counts["skipped"] += skipped
+    return counts
+
+
+def describe(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "passed")
+
+
+def step(
+    name: str,
+    cmd: list[str],
+    *,
+    venv: Path | None = None,
+    timeout: float = RUN_TIMEOUT,
+    pytest: bool = False,
+) -> Step:
+    banner(name)
+    counts: dict[str, int] = {}
+    report = REPORTS / f"{len(RESULTS)}.xml"
+    if pytest:  # before the caller's arguments, so that their own --junitxml wins
+        at = cmd.index("pytest") + 1
+        cmd = [*cmd[:at], f"--junitxml={report}", *cmd[at:]]
+    start = time.monotonic()
+    rc = execute(cmd, env=venv_env(venv), timeout=timeout)
+    seconds = time.monotonic() - start
+    if pytest:
+        counts = pytest_counts(report)
+    if rc == 0:
+        return record(Step(name, "PASS", seconds, describe(counts) if counts else "", counts))
+    if isinstance(rc, str):
+        note = rc
+    elif pytest and rc == 5:
+        note = "pytest ran no tests (exit 5): nothing collected, or all deselected by -k/-m"
+    elif rc < 0:
+        note = f"killed by signal {-rc}"
+    else:
+        note = f"exit {rc}"
+    if pytest and rc == 5:
+        say(f"!!! {note}")
+    elif counts:
+        note = f"{note}: {describe(counts)}"
+    return record(Step(name, "FAIL", seconds, note, counts))
+
+
+# --- finding interpreters ----------------------------------------------------
+
+
+@dataclass
+class Python:
+    version: str  # "3.12"
+    executable: str  # the real interpreter (not a shim)
+    full_version: str  # "3.12.1"
+    found_via: str
+
+
+def bin_dir(venv: Path) -> Path:
+    return venv / ("Scripts" if IS_WINDOWS else "bin")
+
+
+def venv_python(venv: Path) -> Path:
+    return bin_dir(venv) / ("python.exe" if IS_WINDOWS else "python")
+
+
+PROBE = "import sys,platform;print(platform.python_implementation(),sys.executable)"
+
+
+def probe(candidate: str, version: str) -> tuple[Python | None, str]:
+    """Check that *candidate* runs and is CPython *version*; return it or why not."""
+    try:
+        out = subprocess.run(
+            [candidate, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, f"{candidate} does not run ({error})"
+    text = (out.stdout + out.stderr).strip()
+    if out.returncode != 0:
+        first = text.splitlines()[0] if text else f"exit {out.returncode}"
+        return None, f"{candidate} fails: {first}"
+    words = text.split()
+    if len(words) < 2 or not (words[1] + ".").startswith(version + "."):
+        return None, f"{candidate} is {text!r}, not Python {version}"
+    try:
+        out = subprocess.run(
+            [candidate, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
+        )
+        impl, executable = out.stdout.strip().split(" ", 1)
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
+        return None, f"{candidate} does not run code ({error})"
+    if impl != "CPython":
+        return None, f"{candidate} is {impl}, not CPython"
+    return Python(version, executable or candidate, words[1], candidate), ""
+
+
+def pyenv_roots() -> list[Path]:
+    roots = []
+    if os.environ.get("PYENV_ROOT"):
+        roots.append(Path(os.environ["PYENV_ROOT"]))
+    roots.append(Path.home() / ".pyenv")
+    unique: list[Path] = []
+    for root in roots:
+        if root.resolve() not in [r.resolve() for r in unique]:
+            unique.append(root)
+    return unique
+
+
+def version_key(path: str) -> list[int]:
+    name = Path(path).parent.parent.name  # versions/3.12.1/bin/python3.12 -> 3.12.1
+    return [int(part) if part.isdigit() else -1 for part in name.split(".")]
+
+
+def find_python(version: str) -> tuple[Python | None, list[str]]:
+    """Find CPython *version*; return it, or None and the reasons for each miss."""
+    misses = []
+    on_path = shutil.which(f"python{version}")
+    if on_path:
+        found, why = probe(on_path, version)
+        if found:
+            return found, []
+        misses.append(why)
+    else:
+        misses.append(f"no python{version} on PATH")
+    for root in pyenv_roots():
+        pattern = str(root / "versions" / f"{version}*" / "bin" / f"python{version}")
+        candidates = sorted(glob.glob(pattern), key=version_key, reverse=True)
+        # Skip free-threaded (3.13t) and other suffixed builds; greenlet needs the GIL.
+        candidates = [c for c in candidates if Path(c).parent.parent.name[-1].isdigit()]
+        if not candidates:
+            misses.append(f"nothing matches {pattern}")
+        for candidate in candidates:
+            found, why = probe(candidate, version)
+            if found:
+                found.found_via = candidate
+                return found, []
+            misses.append(why)
+    return None, misses
+
+
+# --- virtualenvs -------------------------------------------------------------
+
+
+def venv_matches(venv: Path, python: Python) -> bool:
+    exe = venv_python(venv)
+    if not exe.exists():
+        return False
+    try:
+        out = subprocess.run(
+            [str(exe), "-c", "import sys, pip; print('%d.%d.%d' % sys.version_info[:3])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and out.stdout.strip() == python.full_version
+
+
+def make_venv(name: str, python: Python, venv: Path, extras: str) -> Path | None:
+    """Create or reuse *venv* from *python* and install ``-e .[extras]``; None on failure."""
+    banner(name)
+    start = time.monotonic()
+    env = venv_env(None)
+
+    def fail(note: str) -> None:
+        record(Step(name, "FAIL", time.monotonic() - start, note))
+
+    how = "reused"
+    if venv_matches(venv, python):
+        say(f"reusing {venv.name} (Python {python.full_version})")
+    else:
+        how = "created"
+        say(f"creating {venv.name} with {python.executable} (Python {python.full_version})")
+        rc = execute([python.executable, "-m", "venv", "--clear", str(venv)], env=env, timeout=300)
+        if rc != 0:
+            hint = ""
+            if not IS_WINDOWS and python.executable.startswith("/usr/"):
+                hint = f"; on Debian/Ubuntu: apt-get install python{python.version}-venv"
+            fail(f"venv creation failed ({rc}){hint}")
+            return None
+        py = str(venv_python(venv))
+        execute([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], env=env, timeout=300)
+    py = str(venv_python(venv))
+    rc = execute(
+        [py, "-m", "pip", "install", "-q", "-e", f".[{extras}]"],
+        env=venv_env(venv),
+        timeout=INSTALL_TIMEOUT,
+    )
+    if rc != 0:
+        fail(f"pip install -e .[{extras}] failed ({rc})")
+        return None
+    record(Step(name, "PASS", time.monotonic() - start, f"{how} {venv.name}"))
+    return venv
+
+
+# --- the check ---------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    pytest_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(
+        description="Run greenportal's tests on every CPython 3.10-3.13 found, plus lint, "
+        "types and docs.",
+        epilog="Arguments after `--` go to each full pytest run.",
+    )
+    parser.add_argument("--quick", action="store_true", help="test only the newest Python found")
+    parser.add_argument("--no-lint", action="store_true", help="skip ruff, mypy and the docs")
+    return parser.parse_args(argv), pytest_args
+
+
+def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
+    banner("looking for CPython " + ", ".join(VERSIONS))
+    found: dict[str, Python] = {}
+    missing: dict[str, str] = {}
+    for version in VERSIONS:
+        python, misses = find_python(version)
+        if python:
+            found[version] = python
+            via = "" if python.found_via == python.executable else f", via {python.found_via}"
+            say(f"  {version}: {python.executable} (Python {python.full_version}{via})")
+        else:
+            missing[version] = "; ".join(misses)
+            say(f"  {version}: not found: {missing[version]}")
+    if not found:
+        record(Step("find a Python", "FAIL", 0.0, f"none of {', '.join(VERSIONS)} found"))
+        return
+    newest = found[max(found, key=lambda v: tuple(map(int, v.split("."))))]
+    selected = [newest.version] if args.quick else list(found)
+
+    ran = [v for v in VERSIONS if v in selected]
+    say(f"will test on: {', '.join(ran)}")
+    for version in VERSIONS:
+        if version in missing:
+            say(f"skipping {version}: not found")
+        elif version not in selected:
+            say(f"skipping {version}: --quick tests only the newest ({newest.version})")
+
+    for version in VERSIONS:
+        name = f"pytest {version}"
+        if version in missing:
+            skip(name, "not found")
+            continue
+        if version not in selected:
+            skip(name, "--quick")
+            continue
+        python = found[version]
+        venv = make_venv(
+            f"venv {version}: install -e .[test]", python, ROOT / f".venv-test-{version}", "test"
+        )
+        if venv is None:
+            skip(name, "its venv failed")
+            if version == newest.version:
+                skip(f"pytest -O {version}", "its venv failed")
+            continue
+        py = str(venv_python(venv))
+        step(name, [py, "-m", "pytest", *pytest_args], venv=venv, pytest=True)
+        if version == newest.version:
+            step(
+                f"pytest -O {version}",
+                [py, "-O", "-m", "pytest", *QUIET_OPTIMIZE_WARNING, "-q", "-k", "ctask or await"],
+                venv=venv,
+                pytest=True,
+            )
+
+    lint_steps = ["ruff check", "ruff format --check", "mypy", "sphinx docs"]
+    if args.no_lint:
+        for name in lint_steps:
+            skip(name, "--no-lint")
+        return
+    venv = make_venv(
+        f"venv lint ({newest.version}): install -e .[lint,docs]",
+        newest,
+        ROOT / ".venv-lint",
+        "lint,docs",
+    )
+    if venv is None:
+        for name in lint_steps:
+            skip(name, "lint venv failed")
+        return
+    py = str(venv_python(venv))
+    lint_paths = [p for p in LINT_PATHS if (ROOT / p).exists()]
+    step("ruff check", [py, "-m", "ruff", "check", *lint_paths], venv=venv)
+    format_paths = [p for p in FORMAT_PATHS if (ROOT / p).exists()]
+    step("ruff format --check", [py, "-m", "ruff", "format", "--check", *format_paths], venv=venv)
+    step("mypy", [py, "-m", "mypy"], venv=venv)
+    if (ROOT / "docs" / "conf.py").exists():
+        sphinx = [py, "-m", "sphinx", "-W", "-n", "--keep-going", "-b", "html"]
+        step("sphinx docs", [*sphinx, "docs", "docs/_build/html"], venv=venv)
+    else:
+        skip("sphinx docs", "no docs/conf.py")
+
+
+def summary(total: float) -> int:
+    width = max(len(s.name) for s in RESULTS)
+    say()
+    say("=" * 78)
+    say(f"{'step':<{width}}  result  {'time':>7}  note")
+    say("-" * 78)
+    for s in RESULTS:
+        say(f"{s.name:<{width}}  {s.status:<6}  {s.seconds:6.1f}s  {s.note}")
+    say("-" * 78)
+    by_status = {k: sum(s.status == k for s in RESULTS) for k in ("PASS", "FAIL", "SKIP")}
+    failed = by_status["FAIL"] > 0
+    say(
+        f"steps: {by_status['PASS']} PASS, {by_status['FAIL']} FAIL, {by_status['SKIP']} SKIP "
+        f"in {total:.0f}s: {'FAILED' if failed else 'OK'}"
+    )
+    tests = {k: sum(s.counts.get(k, 0) for s in RESULTS) for k in ("passed", "failed", "errors")}
+    skipped = sum(s.counts.get("skipped", 0) for s in RESULTS)
+    # The plain closing line CI systems read: tests over all pytest runs.
+    say(f"tests: {tests['passed']} passed, {tests['failed'] + tests['errors']} failed", end="")
+    say(f", {skipped} skipped" if skipped else "")
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    global REPORTS
+    args, pytest_args = parse_args(argv)
+    if not IS_WINDOWS and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started with SIGINT ignored (`cmd &` in a script, nohup): the children
+        # would inherit that, and the KeyboardInterrupt tests need real SIGINT.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    start = time.monotonic()
+    say(f"greenportal check in {ROOT} (driver: Python {sys.version.split()[0]})")
+    with tempfile.TemporaryDirectory(prefix="greenportal-check-") as reports:
+        REPORTS = Path(reports)
+        try:
+            run_all(args, pytest_args)
+        except KeyboardInterrupt:
+            record(Step("interrupted", "FAIL", 0.0, "Ctrl-C"))
+            summary(time.monotonic() - start)
+            return 130
+    return summary(time.monotonic() - start)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
