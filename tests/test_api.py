@@ -389,3 +389,23 @@ def test_under_anyio_run(anyio_backend: str) -> None:
         return results
 
     assert sorted(anyio.run(main, backend=anyio_backend)) == [2, 4]
+
+
+def test_tree_task_cancelled_before_its_first_step(aio_backend: Any) -> None:
+    """A portal-wrapped task cancelled before it ever ran ends cancelled, body unrun."""
+    ran: list[str] = []
+
+    async def body() -> None:
+        ran.append("ran")
+
+    async def tree() -> None:
+        # Created inside a portal, so not started eagerly even by an eager factory.
+        task = asyncio.get_running_loop().create_task(body())
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+
+    aio_backend.run(with_portal_run_tree, tree)
+    assert ran == []
