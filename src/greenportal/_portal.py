@@ -142,11 +142,9 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> tuple[Any] | None:
         portal = ref()
         assert portal is not None  # the hub is stepping us through it
         portal._trap = trap
-        hub = portal._hub
-        assert hub is not None
-        switch = hub.switch
+        switch = portal._park
         # Hold nothing of the task's while suspended (see "Ownership").
-        del portal, coro, trap, hub
+        del portal, coro, trap
         exc = value = None
         try:
             value = switch(_PARKED)
@@ -185,6 +183,8 @@ class Portal:
         "_awaiting",
         "_gr",
         "_hub",
+        "_park",
+        "_switch",
         "_target",
         "_trap",
         "coro",
@@ -206,6 +206,10 @@ class Portal:
     # The greenlet that stepped us last; traps are handed to it.
     # Invariant: _gr is None or _gr.parent is _hub.
     _hub: greenlet.greenlet | None
+    # _hub.switch, bound once per rehome (the portal greenlet parks with it).
+    _park: Any
+    # _target.switch, bound whenever _target changes (send resumes with it).
+    _switch: Any
     # The greenlet to resume on the next step: _gr, or a foreign greenlet
     # (say SQLAlchemy's) running inside it that is suspended in await_.
     _target: greenlet.greenlet | None
@@ -224,7 +228,7 @@ class Portal:
         self.fn = fn
         self.task_id = task_id
         self._gr = self._hub = self._target = None
-        self._trap = self._awaiting = None
+        self._trap = self._awaiting = self._park = self._switch = None
 
     # -- stepping ---------------------------------------------------------
 
@@ -243,35 +247,38 @@ class Portal:
             # The task's context, so that ContextVar.set() in the portal is the
             # task's own (greenlets otherwise run in a context of their own).
             gr.gr_context = hub.gr_context
-            self._gr = self._target = gr
+            self._gr = gr
+            self._set_target(gr)
         elif not gr.dead:
             gr.parent = hub
         self._hub = hub
+        self._park = hub.switch
+
+    def _set_target(self, target: Any) -> None:
+        self._target = target
+        self._switch = target.switch
 
     def send(self, value: Any = None) -> Any:
         """Step the task: resume it with *value* and return the next trap."""
-        hub = getcurrent()
-        if hub is not self._hub:
-            self._rehome(hub)
-        target = self._target
-        assert target is not None
+        if getcurrent() is not self._hub:
+            self._rehome(getcurrent())
         try:
-            res = target.switch(value)
+            res = self._switch(value)
         except BaseException as error:
             self._after_error()
             _strip_own_frame(error)
             raise
         if res is _PARKED:
-            trap = self._trap
-            self._trap = None
-            return trap
-        self._target = _FINISHED
+            # Left in place until the next step overwrites it: _trap is in
+            # plain sight of the cycle collector, unlike the greenlet's stack.
+            return self._trap
+        self._set_target(_FINISHED)
         raise StopIteration(None if res is None else res[0])
 
     def _after_error(self) -> None:
         gr = self._gr
         if gr is not None and gr.dead:
-            self._target = _FINISHED
+            self._set_target(_FINISHED)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         """Step the task by raising an exception at its suspension point."""
@@ -293,10 +300,8 @@ class Portal:
             _strip_own_frame(error)
             raise
         if res is _PARKED:
-            trap = self._trap
-            self._trap = None
-            return trap
-        self._target = _FINISHED
+            return self._trap
+        self._set_target(_FINISHED)
         raise StopIteration(None if res is None else res[0])
 
     def close(self) -> None:
@@ -472,7 +477,7 @@ def _drive_await(ref: weakref.ref[Portal], outer: Any) -> Any:
                 _strip_own_frame(error)
                 raise
             portal._trap = trap
-            switch = portal._hub.switch  # type: ignore[union-attr]
+            switch = portal._park
             # Hold nothing of the task's while suspended (see "Ownership").
             del portal, it, trap
             exc = value = None
@@ -564,14 +569,14 @@ def _await_slow(aw: object) -> Any:
         # A foreign greenlet (SQLAlchemy's greenlet_spawn, say) running inside
         # the portal greenlet: resume it, not the portal greenlet, until done.
         saved = portal._target
-        portal._target = here
+        portal._set_target(here)
         del portal
         try:
             return _drive_await(ref, outer)
         finally:
             restore = ref()
             if restore is not None:
-                restore._target = saved
+                restore._set_target(saved)
     except BaseException as error:
         _strip_own_frame(error)
         raise
