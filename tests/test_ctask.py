@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,24 +22,32 @@ async def _sleeper() -> None:
     await asyncio.sleep(10)
 
 
-def test_swap_and_swap_back() -> None:
-    async def main() -> None:
-        task = asyncio.ensure_future(_sleeper())
-        await asyncio.sleep(0)
-        original = task.get_coro()
+async def _replacement() -> None:
+    pass
 
-        async def replacement() -> None:
-            pass
 
-        new = replacement()
-        _ctask.set_coro(task, new)
-        assert task.get_coro() is new
-        _ctask.set_coro(task, original)
-        assert task.get_coro() is original
-        new.close()
+@contextlib.asynccontextmanager
+async def suspended_task() -> AsyncIterator[tuple[asyncio.Task[None], Any, Any]]:
+    """A C task suspended in a sleep, its coroutine, and a spare coroutine."""
+    task = asyncio.ensure_future(_sleeper())
+    await asyncio.sleep(0)
+    spare = _replacement()
+    try:
+        yield task, task.get_coro(), spare
+    finally:
+        spare.close()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_swap_and_swap_back() -> None:
+    async def main() -> None:
+        async with suspended_task() as (task, original, new):
+            _ctask.set_coro(task, new)
+            assert task.get_coro() is new
+            _ctask.set_coro(task, original)
+            assert task.get_coro() is original
 
     asyncio.run(main())
 
@@ -46,23 +56,12 @@ def test_layout_mismatch_raises_before_writing(monkeypatch: Any) -> None:
     """A wrong remembered offset is caught by the check, and nothing is written."""
 
     async def main() -> None:
-        task = asyncio.ensure_future(_sleeper())
-        await asyncio.sleep(0)
-        original = task.get_coro()
-        good = _ctask._find_offset(task, original)
-        monkeypatch.setitem(_ctask._offsets, type(task), good + _ctask._WORD)
-
-        async def replacement() -> None:
-            pass
-
-        new = replacement()
-        with pytest.raises(RuntimeError, match=r"check of .* failed before writing"):
-            _ctask.set_coro(task, new)
-        assert task.get_coro() is original
-        new.close()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with suspended_task() as (task, original, new):
+            good = _ctask._find_offset(task, original)
+            monkeypatch.setitem(_ctask._offsets, type(task), good + _ctask._WORD)
+            with pytest.raises(RuntimeError, match=r"check of .* failed before writing"):
+                _ctask.set_coro(task, new)
+            assert task.get_coro() is original
 
     asyncio.run(main())
 
@@ -71,13 +70,9 @@ def test_ambiguous_layout_is_refused() -> None:
     """If the scan finds no unique field, we refuse with an explanation."""
 
     async def main() -> None:
-        task = asyncio.ensure_future(_sleeper())
-        await asyncio.sleep(0)
-        with pytest.raises(RuntimeError, match="cannot locate the coroutine field"):
-            _ctask._find_offset(task, object())
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with suspended_task() as (task, _, _):
+            with pytest.raises(RuntimeError, match="cannot locate the coroutine field"):
+                _ctask._find_offset(task, object())
 
     asyncio.run(main())
 

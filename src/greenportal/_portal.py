@@ -211,8 +211,9 @@ class Portal:
     # _target.switch, bound whenever _target changes (send resumes with it).
     _switch: Any
     # The greenlet to resume on the next step: _gr, or a foreign greenlet
-    # (say SQLAlchemy's) running inside it that is suspended in await_.
-    _target: greenlet.greenlet | None
+    # (say SQLAlchemy's) running inside it that is suspended in await_, or
+    # _FINISHED once the portal greenlet has ended.
+    _target: Any
     # The trap in transit from the portal greenlet to the hub; None between steps.
     _trap: Any
     # The iterator that the innermost active await_ is driving, else None.
@@ -265,20 +266,25 @@ class Portal:
         try:
             res = self._switch(value)
         except BaseException as error:
-            self._after_error()
-            _strip_own_frame(error)
+            self._after_error(error)
             raise
         if res is _PARKED:
             # Left in place until the next step overwrites it: _trap is in
             # plain sight of the cycle collector, unlike the greenlet's stack.
             return self._trap
-        self._set_target(_FINISHED)
-        raise StopIteration(None if res is None else res[0])
+        raise self._finished(res)
 
-    def _after_error(self) -> None:
+    def _after_error(self, error: BaseException) -> None:
+        """The portal greenlet raised *error* into send/throw, our caller."""
         gr = self._gr
         if gr is not None and gr.dead:
             self._set_target(_FINISHED)
+        _strip_own_frame(error)
+
+    def _finished(self, res: tuple[Any] | None) -> StopIteration:
+        """The portal greenlet ended with *res*: what a coroutine would raise."""
+        self._set_target(_FINISHED)
+        return StopIteration(None if res is None else res[0])
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         """Step the task by raising an exception at its suspension point."""
@@ -288,21 +294,16 @@ class Portal:
             self.fn = None
             coro, self.coro = self.coro, None
             return coro.throw(exc)
-        hub = getcurrent()
-        if hub is not self._hub:
-            self._rehome(hub)
-        target = self._target
-        assert target is not None
+        if getcurrent() is not self._hub:
+            self._rehome(getcurrent())
         try:
-            res = target.throw(exc)
+            res = self._target.throw(exc)
         except BaseException as error:
-            self._after_error()
-            _strip_own_frame(error)
+            self._after_error(error)
             raise
         if res is _PARKED:
             return self._trap
-        self._set_target(_FINISHED)
-        raise StopIteration(None if res is None else res[0])
+        raise self._finished(res)
 
     def close(self) -> None:
         """Close the portal: unwind its frames with ``GeneratorExit``."""
