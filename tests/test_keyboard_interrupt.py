@@ -73,10 +73,17 @@ SCRIPT = textwrap.dedent(
         if config == "trio":
             trio.run(main)
         elif sys.version_info >= (3, 11):
-            factory = None
-            if config == "uvloop":
-                import uvloop
-                factory = uvloop.new_event_loop
+            def factory():
+                if config == "uvloop":
+                    import uvloop
+                    return uvloop.new_event_loop()
+                loop = asyncio.new_event_loop()
+                py_task = asyncio.tasks._PyTask
+                if config == "asyncio-py":
+                    loop.set_task_factory(lambda loop, coro, **kw: py_task(coro, loop=loop, **kw))
+                elif config == "asyncio-eager":
+                    loop.set_task_factory(asyncio.eager_task_factory)
+                return loop
             with asyncio.Runner(loop_factory=factory) as runner:
                 runner.run(main())
         else:
@@ -104,10 +111,12 @@ def run(config: str, mode: str) -> list[str]:
     return out.stdout.split("\n")
 
 
-@pytest.mark.parametrize("config", ["asyncio", "uvloop", "trio"])
+@pytest.mark.parametrize("config", ["asyncio", "asyncio-py", "asyncio-eager", "uvloop", "trio"])
 def test_sigint_while_suspended_in_await(config: Any) -> None:
-    if config == "uvloop" and sys.version_info < (3, 11):
-        pytest.skip("uvloop.install is deprecated; Runner(loop_factory) needs 3.11")
+    if config != "asyncio" and config != "trio" and sys.version_info < (3, 11):
+        pytest.skip("this configuration needs asyncio.Runner(loop_factory=...), 3.11+")
+    if config == "asyncio-eager" and sys.version_info < (3, 12):
+        pytest.skip("eager task factories are 3.12+")
     native = run(config, "native")
     portal = run(config, "portal")
     assert portal == native
