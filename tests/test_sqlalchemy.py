@@ -76,3 +76,35 @@ def test_sqlalchemy_orm_from_sync_code_in_portal(aio_backend: Any, tmp_path: Any
             await engine.dispose()
 
     aio_backend.run(main)
+
+
+def test_cancel_reaches_await_inside_greenlet_spawn(aio_backend: Any) -> None:
+    """Cancelling a portal task blocked in our await_ inside SQLAlchemy's greenlet."""
+    log: list[str] = []
+
+    def blocked() -> None:
+        try:
+            await_(asyncio.sleep(10))
+        finally:
+            log.append("sync finally")
+
+    async def worker() -> None:
+        await ensure_portal()
+        await greenlet_spawn(blocked)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(worker())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The portal still works for other tasks afterwards.
+        assert await asyncio.ensure_future(_portal_roundtrip()) == 7
+
+    aio_backend.run(main)
+    assert log == ["sync finally"]
+
+
+async def _portal_roundtrip() -> int:
+    await ensure_portal()
+    return await_(greenlet_spawn(lambda: await_only(asyncio.sleep(0, 7))))

@@ -530,7 +530,7 @@ def await_(aw: Awaitable[T]) -> T:
         ):
             return _await_slow(aw)  # type: ignore[no-any-return]
         outer = portal._awaiting
-        portal._awaiting = _awaitable_iter(aw)
+        portal._awaiting = aw if type(aw) is _CoroutineType else _awaitable_iter(aw)
         del aw, portal
         return _drive_await(ref, outer)  # type: ignore[no-any-return]
     except BaseException as error:
