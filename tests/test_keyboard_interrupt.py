@@ -113,7 +113,7 @@ def run(config: str, mode: str) -> list[str]:
 
 @pytest.mark.parametrize("config", ["asyncio", "asyncio-py", "asyncio-eager", "uvloop", "trio"])
 def test_sigint_while_suspended_in_await(config: Any) -> None:
-    if config != "asyncio" and config != "trio" and sys.version_info < (3, 11):
+    if config not in {"asyncio", "trio"} and sys.version_info < (3, 11):
         pytest.skip("this configuration needs asyncio.Runner(loop_factory=...), 3.11+")
     if config == "asyncio-eager" and sys.version_info < (3, 12):
         pytest.skip("eager task factories are 3.12+")
