@@ -9,9 +9,10 @@ import weakref
 from typing import Any
 
 import anyio
+import greenlet
 import pytest
 
-from greenportal import await_, ensure_portal, with_portal_run_sync
+from greenportal import _portal, await_, ensure_portal, with_portal_run_sync
 from greenportal._portal import Portal, PortalGreenlet
 
 from .conftest import gc_collect_harder
@@ -21,11 +22,18 @@ N_ABANDONED = 1000
 
 
 def live_portal_objects() -> tuple[int, int]:
+    """Portals, and portal greenlets serving one; idle pooled greenlets must be empty."""
     gc_collect_harder()
     objs = gc.get_objects()
     portals = sum(1 for o in objs if type(o) is Portal)
-    greenlets = sum(1 for o in objs if isinstance(o, PortalGreenlet))
-    return portals, greenlets
+    greenlets = [o for o in objs if isinstance(o, PortalGreenlet)]
+    busy = [g for g in greenlets if g.portal_ref() is not None]
+    idle = [g for g in greenlets if g.portal_ref() is None and not g.dead]
+    assert len(idle) <= _portal._POOL_LIMIT
+    for g in idle:  # an idle greenlet keeps nothing of the tasks it served
+        assert g.gr_context is None
+        assert g.gr_frame is not None and "_worker" in g.gr_frame.f_code.co_name
+    return portals, len(busy)
 
 
 class Marker:
@@ -132,3 +140,59 @@ def test_portal_reuse_after_finish_is_an_error(backend: Any) -> None:
             portal.send(None)
 
     backend.run(main)
+
+
+def test_portal_greenlets_are_reused_without_leaking_state(backend: Any) -> None:
+    """A finished portal's greenlet serves the next portal, with nothing carried over."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[tuple[int, str]] = []
+
+    def job(tag: str) -> None:
+        me = greenlet.getcurrent()
+        seen.append((id(me), var.get()))
+        var.set(tag)
+        await_(anyio.sleep(0))
+
+    def failing() -> None:
+        await_(anyio.sleep(0))
+        raise KeyError("boom")
+
+    async def in_fresh_context(tag: str) -> None:
+        await with_portal_run_sync(job, tag)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:  # each task has its own context
+            tg.start_soon(in_fresh_context, "first")
+        with pytest.raises(KeyError):
+            await with_portal_run_sync(failing)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(in_fresh_context, "second")
+
+    backend.run(main)
+    assert [value for _, value in seen] == ["unset", "unset"]
+    assert seen[0][0] == seen[1][0]  # the same greenlet, reused
+
+
+def test_each_thread_has_its_own_pool() -> None:
+    """Portals on loops in several threads at once (greenlets cannot cross threads)."""
+    import threading
+
+    results: list[int] = []
+
+    def run_loop(n: int) -> None:
+        async def main() -> int:
+            total = 0
+            for i in range(200):
+                total += await with_portal_run_sync(lambda i=i: await_(asyncio.sleep(0, i)))
+            return total + n
+
+        results.append(asyncio.run(main()))
+
+    threads = [threading.Thread(target=run_loop, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == [19900 + n for n in range(4)]

@@ -51,6 +51,17 @@ that themselves keep references to the task's futures are invisible to the
 collector; such a task cannot be collected while suspended (a documented
 gap, shared by every greenlet-based bridge).
 
+Reuse
+-----
+A portal greenlet outlives its portal: when the job (the coroutine, or the
+sync function of ``with_portal_run_sync``) ends, the greenlet reports the
+outcome to the hub, clears its portal reference and context, and parks in a
+per-thread pool; the next portal resumes it instead of creating a greenlet,
+which on CPython 3.11+ costs several microseconds (a fresh stack is mapped).
+Outcomes travel as markers plus ``Portal._result`` rather than as greenlet
+return values or exceptions, which are slow to cross.  An idle greenlet
+holds at most the bound ``switch`` of the last hub it served.
+
 Known gaps
 ----------
 * On Python 3.10, an exception leaving the portal keeps greenportal's frames
@@ -63,10 +74,10 @@ Known gaps
 from __future__ import annotations
 
 import collections.abc
+import threading
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from functools import partial
 from typing import Any, TypeVar
 
 import greenlet
@@ -89,9 +100,20 @@ _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 
 
-# What a portal greenlet switches to its hub with when it has parked a trap
-# in Portal._trap (anything else means the greenlet has ended).
+# What a portal greenlet switches to its hub with: it parked a trap in
+# Portal._trap, or its job returned or raised (the value or exception is in
+# Portal._result).  Values and exceptions travel this way, not through
+# greenlet's own return and exception passing, which costs microseconds.
 _PARKED: Any = object()
+_RETURNED: Any = object()
+_RAISED: Any = object()
+
+# Idle portal greenlets, per thread (greenlets cannot change threads).
+# Creating a greenlet costs several microseconds on CPython 3.11+ (it maps a
+# fresh stack); resuming a parked one costs a switch.  An idle greenlet holds
+# nothing of the tasks it served (see "Ownership").
+_POOL_LIMIT = 256
+_pools = threading.local()
 
 
 class _Detach(BaseException):
@@ -112,19 +134,103 @@ def _strip_own_frame(exc: BaseException) -> None:
         exc.__traceback__ = tb.tb_next
 
 
-def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> tuple[Any] | None:
-    """Body of a portal greenlet in coroutine mode: step the task's coroutine.
+def _dead_ref() -> weakref.ref[Portal]:
+    class _Gone:
+        pass
+
+    return weakref.ref(_Gone())  # type: ignore[arg-type]
+
+
+# What an idle portal greenlet's portal_ref is: a reference that is always dead.
+_NO_PORTAL: weakref.ref[Portal] = _dead_ref()
+
+
+def _acquire(hub: greenlet.greenlet) -> PortalGreenlet:
+    """An idle portal greenlet from this thread's pool, or a new one."""
+    pool: list[PortalGreenlet] | None = getattr(_pools, "idle", None)
+    while pool:
+        gr = pool.pop()
+        try:
+            gr.parent = hub
+        except ValueError:  # hub descends from gr; it cannot be its parent
+            continue
+        return gr
+    return PortalGreenlet(_worker, hub)
+
+
+def _release(gr: PortalGreenlet) -> bool:
+    """Put an idle portal greenlet back in the pool, if there is room."""
+    pool: list[PortalGreenlet] | None = getattr(_pools, "idle", None)
+    if pool is None:
+        pool = _pools.idle = []
+    if len(pool) >= _POOL_LIMIT:
+        return False
+    pool.append(gr)
+    return True
+
+
+def _worker(value: Any) -> Any:
+    """Body of every portal greenlet: run one portal's job, then wait for the next.
+
+    The job is the portal's coroutine (driven by :func:`_drive_coroutine`) or
+    its sync function.  Its outcome goes to the hub as ``_RETURNED`` or
+    ``_RAISED`` with the value parked in ``Portal._result``; then the
+    greenlet parks in the pool, and the next portal to take it resumes it
+    with its first value.
+    """
+    me = getcurrent()
+    assert isinstance(me, PortalGreenlet)
+    while True:
+        ref = me.portal_ref
+        portal = ref()
+        assert portal is not None  # it is sending us its first value
+        fn = portal.fn
+        del portal
+        try:
+            result = _drive_coroutine(ref, value) if fn is None else fn()
+            marker = _RETURNED
+        except _Detach:
+            result, marker = None, _RETURNED
+        except greenlet.GreenletExit:
+            # Killed: our portal was dropped without being closed (finalized
+            # on another thread); the coroutine is closed by its own finalizer.
+            raise
+        except BaseException as error:
+            _strip_own_frame(error)
+            result, marker = error, _RAISED
+        portal = ref()
+        if portal is None:
+            # Our portal is being finalized (the collector clears weak
+            # references first): nobody will read the outcome.
+            marker = _RETURNED
+        else:
+            portal._result = result
+        assert me.parent is not None
+        switch = me.parent.switch
+        # Idle from here: hold nothing of the job's (see "Ownership").
+        del portal, result, fn, ref
+        me.portal_ref = _NO_PORTAL
+        me.gr_context = None  # drop the task's context (and what it references)
+        value = None
+        if not _release(me):
+            return marker
+        value = switch(marker)
+
+
+def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> Any:
+    """Step a portal's coroutine until it returns (its value) or raises.
 
     Each iteration sends the hub's value (or throws its exception) into the
     coroutine, parks the yielded trap on the portal, and switches to the hub
-    with ``_PARKED``.  When the coroutine returns, the greenlet ends with
-    ``(value,)``; when it raises, greenlet hands the exception to the parent,
-    which is the hub.  ``None`` means the greenlet was told to stop.
+    with ``_PARKED``.  ``_Detach`` thrown in ends it without touching the
+    coroutine.
     """
     exc: BaseException | None = None
     while True:
         portal = ref()
-        if portal is None:  # collected while we were suspended; nothing to step
+        if portal is None:
+            # Being finalized (see _worker): the coroutine, garbage too, is
+            # closed by its own finalizer.
             return None
         coro = portal.coro
         assert coro is not None
@@ -133,14 +239,12 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> tuple[Any] | None:
         try:
             trap = coro.send(value) if exc is None else coro.throw(exc)
         except StopIteration as stop:
-            # Returned, not raised: an exception crossing to the hub through
-            # greenlet costs several microseconds.
-            return (stop.value,)
+            return stop.value
         except BaseException as error:
             _strip_own_frame(error)
             raise
         portal = ref()
-        assert portal is not None  # the hub is stepping us through it
+        assert portal is not None
         portal._trap = trap
         switch = portal._park
         # Hold nothing of the task's while suspended (see "Ownership").
@@ -148,25 +252,11 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> tuple[Any] | None:
         exc = value = None
         try:
             value = switch(_PARKED)
-        except _Detach:
-            return None
-        except greenlet.GreenletExit:
-            # Our portal was dropped without being closed (another thread ran
-            # its finalizer); the coroutine is closed by its own finalizer.
-            return None
+        except (_Detach, greenlet.GreenletExit):
+            raise
         except BaseException as error:
             _strip_own_frame(error)
             exc = error
-
-
-def _run_sync(ref: weakref.ref[Portal], fn: Callable[[], Any], value: Any) -> tuple[Any]:
-    """Body of a portal greenlet in sync mode: call *fn*, hand its result to the hub."""
-    del ref, value
-    try:
-        return (fn(),)
-    except BaseException as error:
-        _strip_own_frame(error)
-        raise
 
 
 class Portal:
@@ -184,6 +274,7 @@ class Portal:
         "_gr",
         "_hub",
         "_park",
+        "_result",
         "_switch",
         "_target",
         "_trap",
@@ -201,7 +292,7 @@ class Portal:
     # None under Trio (a task never steps inside another's greenlet) and while
     # an eager task factory is still constructing the task.
     task_id: int | None
-    # The portal greenlet; None until the first step.
+    # The portal greenlet; None before the first step and after the job ended.
     _gr: PortalGreenlet | None
     # The greenlet that stepped us last; traps are handed to it.
     # Invariant: _gr is None or _gr.parent is _hub.
@@ -210,10 +301,12 @@ class Portal:
     _park: Any
     # _target.switch, bound whenever _target changes (send resumes with it).
     _switch: Any
-    # The greenlet to resume on the next step: _gr, or a foreign greenlet
-    # (say SQLAlchemy's) running inside it that is suspended in await_, or
-    # _FINISHED once the portal greenlet has ended.
+    # The greenlet to resume on the next step: None before the first step,
+    # then _gr or a foreign greenlet (say SQLAlchemy's) running inside it that
+    # is suspended in await_, and _FINISHED once the job has ended.
     _target: Any
+    # The job's return value or exception, in transit to the hub.
+    _result: Any
     # The trap in transit from the portal greenlet to the hub; None between steps.
     _trap: Any
     # The iterator that the innermost active await_ is driving, else None.
@@ -229,7 +322,7 @@ class Portal:
         self.fn = fn
         self.task_id = task_id
         self._gr = self._hub = self._target = None
-        self._trap = self._awaiting = self._park = self._switch = None
+        self._trap = self._awaiting = self._park = self._switch = self._result = None
 
     # -- stepping ---------------------------------------------------------
 
@@ -237,20 +330,16 @@ class Portal:
         """Make *hub* the greenlet that receives our traps, starting if needed."""
         gr = self._gr
         if gr is None:
-            ref = weakref.ref(self)
-            if self.coro is not None:
-                run: Callable[[Any], tuple[Any] | None] = partial(_drive_coroutine, ref)
-            else:
-                assert self.fn is not None
-                run = partial(_run_sync, ref, self.fn)
-            gr = PortalGreenlet(run, hub)
-            gr.portal_ref = ref
+            if self._target is _FINISHED:
+                raise RuntimeError("cannot reuse already awaited coroutine")
+            gr = _acquire(hub)
+            gr.portal_ref = weakref.ref(self)
             # The task's context, so that ContextVar.set() in the portal is the
             # task's own (greenlets otherwise run in a context of their own).
             gr.gr_context = hub.gr_context
             self._gr = gr
             self._set_target(gr)
-        elif not gr.dead:
+        else:
             gr.parent = hub
         self._hub = hub
         self._park = hub.switch
@@ -265,82 +354,80 @@ class Portal:
             self._rehome(getcurrent())
         try:
             res = self._switch(value)
+            if res is _PARKED:
+                # Left in place until the next step overwrites it: _trap is in
+                # plain sight of the cycle collector, unlike the greenlet's stack.
+                return self._trap
+            raise self._finished(res)
         except BaseException as error:
             self._after_error(error)
             raise
-        if res is _PARKED:
-            # Left in place until the next step overwrites it: _trap is in
-            # plain sight of the cycle collector, unlike the greenlet's stack.
-            return self._trap
-        raise self._finished(res)
+
+    def _finished(self, res: Any) -> BaseException:
+        """The job ended (*res* says how): what a coroutine would raise now."""
+        result, self._result = self._result, None
+        self._gr = None
+        self._set_target(_FINISHED)
+        if res is _RETURNED:
+            return StopIteration(result)
+        assert res is _RAISED
+        return result  # type: ignore[no-any-return]
 
     def _after_error(self, error: BaseException) -> None:
-        """The portal greenlet raised *error* into send/throw, our caller."""
+        """*error* leaves send/throw, our caller: drop that frame's traceback entry."""
         gr = self._gr
-        if gr is not None and gr.dead:
+        if gr is not None and gr.dead:  # the greenlet itself died (killed)
+            self._gr = None
             self._set_target(_FINISHED)
         _strip_own_frame(error)
-
-    def _finished(self, res: tuple[Any] | None) -> StopIteration:
-        """The portal greenlet ended with *res*: what a coroutine would raise."""
-        self._set_target(_FINISHED)
-        return StopIteration(None if res is None else res[0])
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         """Step the task by raising an exception at its suspension point."""
         exc = _make_exception(typ, val, tb)
-        if self._gr is None and self.coro is not None:
+        if self._target is None and self.coro is not None:
             # Never stepped: the coroutine raises at its start, like a native one.
-            self.fn = None
-            coro, self.coro = self.coro, None
-            return coro.throw(exc)
+            self._set_target(_FINISHED)
+            return self.coro.throw(exc)
         if getcurrent() is not self._hub:
             self._rehome(getcurrent())
         try:
             res = self._target.throw(exc)
+            if res is _PARKED:
+                return self._trap
+            raise self._finished(res)
         except BaseException as error:
             self._after_error(error)
             raise
-        if res is _PARKED:
-            return self._trap
-        raise self._finished(res)
 
     def close(self) -> None:
         """Close the portal: unwind its frames with ``GeneratorExit``."""
-        gr = self._gr
-        if gr is None:
+        if self._target is None:
+            self._set_target(_FINISHED)
             if self.coro is not None:
                 self.coro.close()
             return
-        if gr.dead:
+        if self._target is _FINISHED:
             return
-        if gr is getcurrent():
+        if self._gr is getcurrent():
             raise ValueError("portal is already executing")
-        hub = getcurrent()
-        if hub is not self._hub:
-            self._rehome(hub)
-        target = self._target
-        assert target is not None
         try:
-            res = target.throw(GeneratorExit)
+            self.throw(GeneratorExit)
         except (GeneratorExit, StopIteration):
             return
-        if res is not _PARKED:  # the coroutine caught GeneratorExit and returned
-            return
-        self._trap = None
         raise RuntimeError("coroutine ignored GeneratorExit")
 
     def detach(self) -> None:
-        """End the portal greenlet without touching the coroutine.
+        """End the portal's job without touching the coroutine.
 
         Only valid once the coroutine is suspended at a trap and the task no
-        longer steps this portal (see ``_api.portals_for_tree``).
+        longer steps this portal (see ``_tree.portals_for_tree``).
         """
-        gr = self._gr
-        if gr is None or gr.dead:
+        if self._gr is None:
             return
-        self._rehome(getcurrent())
-        gr.throw(_Detach)
+        try:
+            self.throw(_Detach)
+        except StopIteration:
+            pass
 
     def __del__(self) -> None:
         gr = self._gr
