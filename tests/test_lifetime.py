@@ -196,3 +196,34 @@ def test_each_thread_has_its_own_pool() -> None:
     for t in threads:
         t.join(timeout=30)
     assert sorted(results) == [19900 + n for n in range(4)]
+
+
+def test_clean_interpreter_exit_with_pooled_greenlets() -> None:
+    """Idle pooled greenlets (main thread and a finished thread) die quietly at exit."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio, threading, greenportal
+        async def main():
+            for _ in range(50):
+                await greenportal.with_portal_run_sync(
+                    lambda: greenportal.await_(asyncio.sleep(0)))
+            await greenportal.ensure_portal()
+            greenportal.await_(asyncio.sleep(0))
+        worker = threading.Thread(target=lambda: asyncio.run(main()))
+        worker.start()
+        worker.join()
+        asyncio.run(main())
+        print("done")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-X", "dev", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "done\n", "")
