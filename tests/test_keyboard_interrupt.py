@@ -122,3 +122,74 @@ def test_sigint_while_suspended_in_await(config: Any) -> None:
     assert portal == native
     assert "KeyboardInterrupt" in portal
     assert "sync finally" in portal and "main finally" in portal
+
+
+BUSY_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    config, mode = sys.argv[1], sys.argv[2]
+    import greenportal
+
+    def busy():
+        # CPU-bound sync code that never yields: Ctrl-C must still reach it
+        # wherever it would reach it natively.
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.2:
+            pass
+        return "ran to the end"
+
+    def interrupter():
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    async def busy_async():
+        return busy()
+
+    async def main():
+        threading.Thread(target=interrupter, daemon=True).start()
+        if mode == "native":
+            return busy()
+        if mode == "ensure_portal":
+            await greenportal.ensure_portal()
+            return busy()
+        if mode == "with_portal_run":
+            return await greenportal.with_portal_run(busy_async)
+        return await greenportal.with_portal_run_sync(busy)
+
+    t0 = time.monotonic()
+    try:
+        if config == "trio":
+            import trio
+            outcome = trio.run(main)
+        else:
+            import asyncio
+            outcome = asyncio.run(main())
+    except KeyboardInterrupt:
+        outcome = "KeyboardInterrupt"
+    print(outcome, "prompt" if time.monotonic() - t0 < 0.8 else "late")
+    """
+)
+
+
+@pytest.mark.parametrize("config", ["asyncio", "trio"])
+@pytest.mark.parametrize("mode", ["ensure_portal", "with_portal_run", "with_portal_run_sync"])
+def test_sigint_reaches_busy_sync_code_as_natively(config: str, mode: str) -> None:
+    """Ctrl-C during CPU-bound sync code in a portal lands as it would natively.
+
+    Regression: on Trio a portal greenlet's frame chain ended in greenportal's
+    drivers, which Trio counted as KI-protected, so Ctrl-C waited for a yield.
+    """
+
+    def run_busy(which: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", BUSY_SCRIPT, config, which],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run_busy(mode) == run_busy("native")

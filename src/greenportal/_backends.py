@@ -131,6 +131,17 @@ class TrioBackend(Backend):
 
         self._trio = trio
         self._lowlevel = trio.lowlevel
+        # Trio defers Ctrl-C while protected code runs, deciding by walking
+        # the interrupted frame's callers.  A portal greenlet's frame chain
+        # ends in our driver functions, and a chain that ends undecided counts
+        # as protected, so code in inline portals would never see Ctrl-C until
+        # it yielded.  The code on a portal greenlet is the task's own code:
+        # mark the drivers unprotected, as task code is.  (Trio 0.27+ marks
+        # code objects; with older Trio this is a no-op.)
+        from . import _portal
+
+        for driver in (_portal._worker, _portal._drive_coroutine):
+            trio.lowlevel.disable_ki_protection(driver)
 
     def current_task(self) -> object | None:
         try:
