@@ -283,3 +283,30 @@ def test_asyncio_program_never_imports_trio() -> None:
         "assert 'trio' not in sys.modules, 'trio was imported'\n"
     )
     subprocess.run([sys.executable, "-W", "error", "-c", script], check=True, timeout=60)
+
+
+def test_exception_state_survives_await_in_except_block(backend: Any) -> None:
+    """sys.exc_info(), bare raise and __context__ behave as around a native await."""
+
+    def handler() -> BaseException:
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            await_(anyio.sleep(0))
+            assert isinstance(sys.exc_info()[1], KeyError)
+            try:
+                await_(explode(Boom("inner")))
+            except Boom as inner:
+                assert isinstance(inner.__context__, KeyError)
+            try:
+                raise  # still re-raises the KeyError after awaiting
+            except KeyError as exc:
+                return exc
+        raise AssertionError("unreachable")
+
+    async def main() -> None:
+        exc = await with_portal_run_sync(handler)
+        assert exc.args == ("handled",)
+        assert sys.exc_info() == (None, None, None)
+
+    backend.run(main)
