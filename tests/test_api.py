@@ -409,3 +409,25 @@ def test_tree_task_cancelled_before_its_first_step(aio_backend: Any) -> None:
 
     aio_backend.run(with_portal_run_tree, tree)
     assert ran == []
+
+
+def test_trio_task_introspection_sees_user_code() -> None:
+    trio = pytest.importorskip("trio")
+
+    async def user_task_body(started: Any) -> None:
+        await ensure_portal()
+        started.set()
+        await_(trio.sleep_forever())
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            started = trio.Event()
+            nursery.start_soon(user_task_body, started)
+            await started.wait()
+            (task,) = nursery.child_tasks
+            names = [frame.f_code.co_name for frame, _ in task.iter_await_frames()]
+            assert names[0] == "user_task_body"
+            assert task.coro.cr_frame.f_code.co_name == "user_task_body"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
