@@ -13,6 +13,8 @@ on the newest version found:
 
 * ``python -O -m pytest -q -k "ctask or await"`` (the ctypes code must work
   with asserts off);
+* the suite in ``.venv-notrio`` (``-e .[test-asyncio]``), where Trio is not
+  installed (greenportal must work without it; the Trio tests skip);
 * in ``.venv-lint`` (``-e .[lint,docs]``): ``ruff check``, ``ruff format
   --check``, ``mypy`` and, if ``docs/conf.py`` exists, a warnings-as-errors
   Sphinx build.
@@ -413,6 +415,7 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
                 venv=venv,
                 pytest=True,
             )
+            run_without_trio(newest, pytest_args)
 
     lint_steps = ["ruff check", "ruff format --check", "mypy", "sphinx docs"]
     if args.no_lint:
@@ -440,6 +443,26 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
         step("sphinx docs", [*sphinx, "docs", "docs/_build/html"], venv=venv)
     else:
         skip("sphinx docs", "no docs/conf.py")
+
+
+def run_without_trio(python: Python, pytest_args: list[str]) -> None:
+    """The suite with Trio not installed: greenportal must not need it."""
+    name = f"pytest {python.version}, no trio"
+    venv = make_venv(
+        f"venv {python.version} without trio: install -e .[test-asyncio]",
+        python,
+        ROOT / ".venv-notrio",
+        "test-asyncio",
+    )
+    if venv is None:
+        skip(name, "its venv failed")
+        return
+    py = str(venv_python(venv))
+    # A venv reused from before may have picked trio up; insist it has not.
+    absent = "import importlib.util, sys; sys.exit(importlib.util.find_spec('trio') is not None)"
+    if execute([py, "-c", absent], env=venv_env(venv), timeout=60) != 0:
+        execute([py, "-m", "pip", "uninstall", "-q", "-y", "trio"], env=venv_env(venv), timeout=300)
+    step(name, [py, "-m", "pytest", "-q", *pytest_args], venv=venv, pytest=True)
 
 
 def summary(total: float) -> int:

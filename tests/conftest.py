@@ -30,6 +30,10 @@ import pytest
 CONFIGS = ["asyncio-c", "asyncio-py", "asyncio-debug", "uvloop", "trio"]
 if sys.version_info >= (3, 12):
     CONFIGS[2:2] = ["asyncio-eager", "asyncio-py-eager"]
+try:
+    import trio  # noqa: F401
+except ImportError:  # the asyncio-only run (scripts/test.py, extra "test-asyncio")
+    CONFIGS.remove("trio")
 
 _PyTask: Any = getattr(asyncio.tasks, "_PyTask", asyncio.Task)
 
