@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.tasks
 import gc
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -118,6 +119,20 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 @pytest.fixture(params=[c for c in CONFIGS if c != "trio"])
 def aio_backend(request: pytest.FixtureRequest) -> Backend:
     return Backend(request.param)
+
+
+def run_python(
+    *args: str, timeout: float = 60, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with *args* in a child process, capturing its output."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
 
 
 def gc_collect_harder() -> None:

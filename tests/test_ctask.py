@@ -14,6 +14,8 @@ import pytest
 
 from greenportal import _ctask, await_, ensure_portal
 
+from .conftest import run_python
+
 CTask: Any = getattr(asyncio.tasks, "_CTask", None)
 pytestmark = pytest.mark.skipif(CTask is None, reason="no C Task on this Python")
 
@@ -107,13 +109,8 @@ def test_portal_under_python_dash_O() -> None:
         asyncio.run(main())
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-O", "-W", "error", "-c", script],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_python("-O", "-W", "error", "-c", script)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["_asyncio", "coroutine"]
 
 

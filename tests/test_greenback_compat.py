@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import greenportal
+
+from .conftest import run_python
 
 greenback = pytest.importorskip("greenback")
 
@@ -87,13 +87,6 @@ def test_greenbacks_own_suite_passes_on_greenportal() -> None:
     if not os.path.isdir(tests_dir):
         pytest.skip("this greenback install ships no tests")
     deselect = " and ".join(f"not {name}" for name in NOT_APPLICABLE)
-    out = subprocess.run(
-        [sys.executable, "-c", RUNNER, tests_dir, deselect],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=os.path.dirname(tests_dir),
-    )
+    out = run_python("-c", RUNNER, tests_dir, deselect, timeout=300, cwd=os.path.dirname(tests_dir))
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and " failed" not in out.stdout

@@ -7,12 +7,13 @@ portal; both runs must end the same way.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from typing import Any
 
 import pytest
+
+from .conftest import run_python
 
 SCRIPT = textwrap.dedent(
     """
@@ -100,13 +101,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run(config: str, mode: str) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", SCRIPT, config, mode],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run_python("-W", "error", "-c", SCRIPT, config, mode)
     assert out.returncode == 0, out.stderr
     return out.stdout.split("\n")
 
@@ -186,13 +181,7 @@ def test_sigint_reaches_busy_sync_code_as_natively(config: str, mode: str) -> No
         pytest.importorskip("trio")
 
     def run_busy(which: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-c", BUSY_SCRIPT, config, which],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        out = run_python("-c", BUSY_SCRIPT, config, which)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 

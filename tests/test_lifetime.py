@@ -15,7 +15,7 @@ import pytest
 from greenportal import _portal, await_, ensure_portal, with_portal_run_sync
 from greenportal._portal import Portal, PortalGreenlet
 
-from .conftest import gc_collect_harder
+from .conftest import gc_collect_harder, run_python
 
 N_TASKS = 2000
 N_ABANDONED = 1000
@@ -200,7 +200,6 @@ def test_each_thread_has_its_own_pool() -> None:
 
 def test_clean_interpreter_exit_with_pooled_greenlets() -> None:
     """Idle pooled greenlets (main thread and a finished thread) die quietly at exit."""
-    import subprocess
     import textwrap
 
     script = textwrap.dedent(
@@ -219,11 +218,5 @@ def test_clean_interpreter_exit_with_pooled_greenlets() -> None:
         print("done")
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-X", "dev", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run_python("-W", "error", "-X", "dev", "-c", script)
     assert (out.returncode, out.stdout, out.stderr) == (0, "done\n", "")
