@@ -8,7 +8,9 @@ everyone else.  The public API is a drop-in for greenback's:
 Module map: ``_portal`` (the greenlet portal and ``await_``), ``_api``
 (giving tasks portals), ``_tree`` (portals for task trees), ``_adapters``
 (sync views of async objects), ``_backends`` (asyncio and Trio behind one
-interface), ``_ctask`` (the checked write into asyncio's C Task).
+interface), ``_ctask`` (the checked write into asyncio's C Task),
+``_threads`` (await_ outside portals; ``to_thread``), ``_runner`` (the
+background event loop).
 """
 
 from ._adapters import async_context as async_context
@@ -22,6 +24,14 @@ from ._api import portal as portal
 from ._api import with_portal_run as with_portal_run
 from ._api import with_portal_run_sync as with_portal_run_sync
 from ._portal import await_ as await_
+from ._runner import Runner as Runner
+from ._runner import RunnerClosedError as RunnerClosedError
+from ._runner import SyncContext as SyncContext
+from ._runner import default_runner as default_runner
+from ._threads import ThreadLimiter as ThreadLimiter
+from ._threads import asyncify as asyncify
+from ._threads import default_thread_limiter as default_thread_limiter
+from ._threads import to_thread as to_thread
 from ._tree import AutoPortalInstrument as AutoPortalInstrument
 from ._tree import portals_for_children as portals_for_children
 from ._tree import portals_for_tree as portals_for_tree
@@ -46,6 +56,15 @@ __all__ = [
     "decorate_as_sync",
     "async_context",
     "async_iter",
+    # threads and sync programs
+    "to_thread",
+    "asyncify",
+    "ThreadLimiter",
+    "default_thread_limiter",
+    "Runner",
+    "RunnerClosedError",
+    "SyncContext",
+    "default_runner",
     "__version__",
 ]
 

@@ -78,11 +78,11 @@ import threading
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import greenlet
 
-from . import _backends
+from . import _backends, _threads
 
 T = TypeVar("T")
 
@@ -639,12 +639,20 @@ def _await_slow(aw: object) -> Any:
         _close_quietly(aw)
         _strip_own_frame(error)
         raise
-    try:
-        portal, here = _find_portal()
-    except BaseException as error:
-        _close_quietly(aw)
-        _strip_own_frame(error)
-        raise
+    portal = portal_of_current_task()
+    if portal is None:
+        del it
+        try:
+            if _backends.current_backend() is None:
+                # No task runs in this thread: a worker thread, or a program
+                # without an event loop (see _threads).
+                return _threads.await_without_portal(aw)  # type: ignore[arg-type]
+            _raise_no_portal()
+        except BaseException as error:
+            _close_quietly(aw)
+            _strip_own_frame(error)
+            raise
+    here = getcurrent()
     del aw
     outer = portal._awaiting
     portal._awaiting = it
@@ -670,14 +678,8 @@ def _await_slow(aw: object) -> Any:
         raise
 
 
-def _find_portal() -> tuple[Portal, greenlet.greenlet]:
-    """Find the portal serving the current task, and the current greenlet.
-
-    Raises the RuntimeError that explains why there is none.
-    """
-    portal = portal_of_current_task()
-    if portal is not None:
-        return portal, getcurrent()
+def _raise_no_portal() -> NoReturn:
+    """Raise the RuntimeError that explains why this task has no usable portal."""
     backend, task = _backends.current_backend_and_task()
     coro = backend.get_coro(task)
     if isinstance(coro, Portal) and coro._gr is None:
@@ -688,10 +690,13 @@ def _find_portal() -> tuple[Portal, greenlet.greenlet]:
         )
     else:
         msg = (
-            "await_() needs a portal in the current task, and this task has none. "
-            "Create one with 'await greenportal.ensure_portal()' at the top of the task, "
-            "or run the code with 'await greenportal.with_portal_run(async_fn, ...)' or "
-            "'await greenportal.with_portal_run_sync(sync_fn, ...)'"
+            "await_() needs a portal in the current task, and this task has none; it "
+            "cannot simply block either, since the awaitable needs this thread's event "
+            "loop to make progress. Create a portal with 'await greenportal.ensure_portal()' "
+            "at the top of the task, or run the code with 'await "
+            "greenportal.with_portal_run(async_fn, ...)' or 'await "
+            "greenportal.with_portal_run_sync(sync_fn, ...)', or move the sync code to a "
+            "worker thread with 'await greenportal.to_thread(sync_fn, ...)'"
         )
     raise RuntimeError(msg)
 
