@@ -9,8 +9,8 @@ Module map: ``_portal`` (the greenlet portal and ``await_``), ``_api``
 (giving tasks portals), ``_tree`` (portals for task trees), ``_adapters``
 (sync views of async objects), ``_backends`` (asyncio and Trio behind one
 interface), ``_ctask`` (the checked write into asyncio's C Task),
-``_threads`` (await_ outside portals; ``to_thread``), ``_runner`` (the
-background event loop).
+``_blocking`` (blocking APIs from async ones), ``_threads`` (await_ outside
+portals; ``to_thread``), ``_runner`` (the background event loop).
 """
 
 from ._adapters import async_context as async_context
@@ -23,6 +23,10 @@ from ._api import has_portal as has_portal
 from ._api import portal as portal
 from ._api import with_portal_run as with_portal_run
 from ._api import with_portal_run_sync as with_portal_run_sync
+from ._blocking import BlockingFunction as BlockingFunction
+from ._blocking import BlockingGeneratorFunction as BlockingGeneratorFunction
+from ._blocking import BlockingObject as BlockingObject
+from ._blocking import blocking as blocking
 from ._portal import await_ as await_
 from ._runner import Runner as Runner
 from ._runner import RunnerClosedError as RunnerClosedError
@@ -56,6 +60,11 @@ __all__ = [
     "decorate_as_sync",
     "async_context",
     "async_iter",
+    # one implementation, two APIs
+    "blocking",
+    "BlockingFunction",
+    "BlockingGeneratorFunction",
+    "BlockingObject",
     # threads and sync programs
     "to_thread",
     "asyncify",
