@@ -8,8 +8,9 @@ warn_unused_ignores fails the run if they stop being errors).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 import greenportal
@@ -53,3 +54,60 @@ async def check() -> None:
     for item in greenportal.async_iter(agen()):
         assert_type(item, int)
     assert_type(greenportal.has_portal(), bool)
+
+
+async def gen_with_send(start: int) -> AsyncGenerator[str, float]:
+    got = yield str(start)
+    yield str(got)
+
+
+class Client:
+    async def get(self, key: str) -> bytes:
+        return key.encode()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+def check_blocking() -> None:
+    sync_fetch = greenportal.blocking(fetch)
+    assert_type(sync_fetch(1, verbose=True), str)
+    assert_type(greenportal.await_(sync_fetch.aio(2)), str)
+    sync_fetch("1")  # type: ignore[arg-type]
+    sync_fetch(1, loud=True)  # type: ignore[call-arg]
+
+    sync_gen = greenportal.blocking(gen_with_send)
+    gen = sync_gen(1)
+    assert_type(gen, Generator[str, float, None])
+    assert_type(gen.send(2.0), str)
+    gen.send("x")  # type: ignore[arg-type]
+    for text in greenportal.blocking(agen)():
+        assert_type(text, int)
+
+    client_cls = greenportal.blocking(Client)
+    client = client_cls()
+    assert_type(client.aio, Client)
+    with client as entered:
+        _ = entered
+
+
+def check_runner_and_threads(runner: greenportal.Runner) -> None:
+    assert_type(runner.run(fetch(1)), str)
+    assert_type(runner.run(fetch, 1, verbose=True), str)
+    runner.run(fetch, "1")  # type: ignore[call-overload]
+    assert_type(runner.submit(fetch, 1), concurrent.futures.Future[str])
+    for item in runner.wrap_iter(agen()):
+        assert_type(item, int)
+    assert_type(greenportal.default_runner(), greenportal.Runner)
+
+
+async def check_to_thread() -> None:
+    assert_type(await greenportal.to_thread(load, 1), list[int])
+    await greenportal.to_thread(load, "1")  # type: ignore[arg-type]
+    threaded = greenportal.asyncify(load)
+    assert_type(await threaded(2), list[int])
+    limited = greenportal.asyncify(limiter=greenportal.ThreadLimiter(2))(load)
+    assert_type(await limited(2), list[int])
