@@ -213,11 +213,15 @@ def test_no_portal_error_explains_and_closes_coroutine(backend: Any) -> None:
     backend.run(main)
 
 
-def test_outside_any_loop() -> None:
-    coro = double(1)
-    with pytest.raises(RuntimeError, match="no running async task"):
-        await_(coro)
-    assert coro.cr_frame is None
+def test_outside_any_loop_uses_the_default_runner() -> None:
+    """With no event loop in the thread, await_ runs on the default Runner's loop."""
+
+    async def which_loop() -> asyncio.AbstractEventLoop:
+        await anyio.sleep(0)
+        return asyncio.get_running_loop()
+
+    assert await_(double(1)) == 2
+    assert await_(which_loop()) is greenportal.default_runner().loop
 
 
 def test_bestowed_on_current_task_needs_a_yield(backend: Any) -> None:

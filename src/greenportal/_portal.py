@@ -644,9 +644,11 @@ def _await_slow(aw: object) -> Any:
         del it
         try:
             if _backends.current_backend() is None:
-                # No task runs in this thread: a worker thread, or a program
-                # without an event loop (see _threads).
-                return _threads.await_without_portal(aw)  # type: ignore[arg-type]
+                other = _backends._unsupported_library()
+                if other is None or other in ("asyncio", "trio"):
+                    # No task runs in this thread: a worker thread, or a
+                    # program without an event loop (see _threads).
+                    return _threads.await_without_portal(aw)  # type: ignore[arg-type]
             _raise_no_portal()
         except BaseException as error:
             _close_quietly(aw)
