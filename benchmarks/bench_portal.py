@@ -1,237 +1,448 @@
-"""Microbenchmarks: greenportal against greenback and SQLAlchemy's greenlet bridge.
+"""Timings: greenportal against greenback, SQLAlchemy's greenlet bridge and awaitlet.
 
-Every row is measured in this one process, with the implementations
-interleaved round by round, so that the ratios are comparable even on a
-noisy machine.  Times are per operation, median over rounds, with the spread
-(min-max of the per-round medians) in brackets.  Overheads subtract the
-native checkpoint measured in the same round.
+Measures every timing row of the suite on one event loop, in this one
+process.  All cases run in every round, each in a task of its own, in a
+shuffled order, so that the implementations are interleaved and their
+ratios are comparable even on a noisy machine.  Each sample is the mean time
+of one operation over a batch; the report gives the median over rounds and
+the interquartile range.
 
-Usage::
+Normally started by ``benchmarks/run.py``, which runs it once per event loop
+and adds the memory rows; it can also be run by itself in an environment
+that has the packages of ``benchmarks/requirements.txt``::
 
-    python benchmarks/bench_portal.py [--loop asyncio|uvloop|trio] [--rounds N] [--n N]
+    python benchmarks/bench_portal.py --loop trio --rounds 11
 
-Requires greenback and sqlalchemy for their columns (skipped if missing).
+Sections:
+
+``main``
+    the table: native checkpoint, checkpoint in a portal task (one row per
+    way of making the portal), ``await_`` of a checkpoint / of a coroutine
+    that never yields / of a ten-trap coroutine, portal creation, a new task
+    taking a portal, and the raw greenlet floors.
+``scaling``
+    how the cost of ``await_`` grows with the depth of sync frames above it,
+    with the number of traps in the awaited coroutine, and with the number of
+    concurrent portal tasks.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import greenlet
+import _common
+from _common import AsyncFn, Impl, Loop
 
-import greenportal
+perf = time.perf_counter
 
-try:
-    import greenback
-except ImportError:  # pragma: no cover
-    greenback = None
-try:
-    from sqlalchemy.util import await_only, greenlet_spawn
-except ImportError:  # pragma: no cover
-    await_only = greenlet_spawn = None
+DEPTHS = (1, 10, 100)
+TRAPS = (1, 10, 100)
+TASK_COUNTS = (10, 1_000, 10_000)
 
 
-def switch_pair_floor(n: int) -> float:
-    """One greenlet switch there and back, the floor for any portal step."""
-
-    def body() -> None:
-        parent = greenlet.getcurrent().parent
-        assert parent is not None
-        while True:
-            parent.switch()
-
-    gr = greenlet.greenlet(body)
-    gr.switch()
-    switch = gr.switch
-    t0 = time.perf_counter()
-    for _ in range(n):
-        switch()
-    return (time.perf_counter() - t0) / n
-
-
-class Lib:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        if name == "trio":
-            import trio
-
-            self.sleep0 = trio.lowlevel.checkpoint
-            self.run = trio.run
-        else:
-            import asyncio
-
-            self.sleep0 = lambda: asyncio.sleep(0)
-            if name == "uvloop":
-                import uvloop
-
-                self.run = lambda fn: uvloop.run(fn())
-            else:
-                self.run = lambda fn: asyncio.run(fn())
-
-
-def build_cases(lib: Lib, n: int) -> dict[str, Callable[[], Awaitable[float]]]:
-    sleep0 = lib.sleep0
-
-    async def native_checkpoint() -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await sleep0()
-        return (time.perf_counter() - t0) / n
-
-    async def ten_traps() -> None:
-        for _ in range(10):
-            await sleep0()
-
-    async def native_ten() -> float:
-        t0 = time.perf_counter()
-        for _ in range(n // 10):
-            await ten_traps()
-        return (time.perf_counter() - t0) / (n // 10)
-
-    def steps_in(mod: Any) -> Callable[[], Awaitable[float]]:
-        async def run() -> float:
-            await mod.ensure_portal()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                await sleep0()
-            return (time.perf_counter() - t0) / n
-
-        return run
-
-    def await_checkpoint(mod: Any) -> Callable[[], Awaitable[float]]:
-        async def run() -> float:
-            await mod.ensure_portal()
-            await_ = mod.await_
-            t0 = time.perf_counter()
-            for _ in range(n):
-                await_(sleep0())
-            return (time.perf_counter() - t0) / n
-
-        return run
-
-    def await_ten(mod: Any) -> Callable[[], Awaitable[float]]:
-        async def run() -> float:
-            await mod.ensure_portal()
-            await_ = mod.await_
-            t0 = time.perf_counter()
-            for _ in range(n // 10):
-                await_(ten_traps())
-            return (time.perf_counter() - t0) / (n // 10)
-
-        return run
-
-    def run_sync_empty(mod: Any) -> Callable[[], Awaitable[float]]:
-        async def run() -> float:
-            fn = mod.with_portal_run_sync
-            t0 = time.perf_counter()
-            for _ in range(n // 10):
-                await fn(_empty)
-            return (time.perf_counter() - t0) / (n // 10)
-
-        return run
-
-    cases: dict[str, Callable[[], Awaitable[float]]] = {
-        "native checkpoint": native_checkpoint,
-        "native 10-trap coroutine": native_ten,
-        "checkpoint in ensure_portal task / greenportal": steps_in(greenportal),
-        "await_(checkpoint) / greenportal": await_checkpoint(greenportal),
-        "await_(10-trap coroutine) / greenportal": await_ten(greenportal),
-        "with_portal_run_sync(empty) / greenportal": run_sync_empty(greenportal),
-    }
-    if greenback is not None:
-        cases["checkpoint in ensure_portal task / greenback"] = steps_in(greenback)
-        cases["await_(checkpoint) / greenback"] = await_checkpoint(greenback)
-        cases["await_(10-trap coroutine) / greenback"] = await_ten(greenback)
-        cases["with_portal_run_sync(empty) / greenback"] = run_sync_empty(greenback)
-    if await_only is not None and lib.name != "trio":
-
-        def sa_await_inside(coro_fn: Callable[[], Any], count: int) -> Callable[[], None]:
-            def body() -> None:
-                for _ in range(count):
-                    await_only(coro_fn())
-
-            return body
-
-        async def sa_checkpoint() -> float:
-            t0 = time.perf_counter()
-            await greenlet_spawn(sa_await_inside(sleep0, n))
-            return (time.perf_counter() - t0) / n
-
-        async def sa_ten() -> float:
-            t0 = time.perf_counter()
-            await greenlet_spawn(sa_await_inside(ten_traps, n // 10))
-            return (time.perf_counter() - t0) / (n // 10)
-
-        async def sa_spawn_empty() -> float:
-            t0 = time.perf_counter()
-            for _ in range(n // 10):
-                await greenlet_spawn(_empty)
-            return (time.perf_counter() - t0) / (n // 10)
-
-        cases["await_(checkpoint) / sqlalchemy await_only"] = sa_checkpoint
-        cases["await_(10-trap coroutine) / sqlalchemy await_only"] = sa_ten
-        cases["with_portal_run_sync(empty) / sqlalchemy greenlet_spawn"] = sa_spawn_empty
-    return cases
+@dataclass
+class Case:
+    row: str
+    column: str
+    fn: AsyncFn  # runs in a fresh task, returns seconds per operation
 
 
 def _empty() -> None:
     pass
 
 
+async def _empty_async() -> None:
+    pass
+
+
+async def _no_yield() -> None:
+    pass
+
+
+def _deep(depth: int, fn: Callable[[], float]) -> float:
+    """Call *fn* from *depth* nested sync frames (this one included)."""
+    if depth <= 1:
+        return fn()
+    return _deep(depth - 1, fn)
+
+
+async def _deep_async(depth: int, fn: AsyncFn) -> float:
+    """Await ``fn()`` from *depth* nested coroutine frames (this one included)."""
+    if depth <= 1:
+        return await fn()  # type: ignore[no-any-return]
+    return await _deep_async(depth - 1, fn)
+
+
+class Builder:
+    """Makes the cases of one loop; ``n`` is the batch size of a checkpoint case."""
+
+    def __init__(self, loop: Loop, impls: dict[str, Impl], n: int) -> None:
+        self.loop = loop
+        self.impls = impls
+        self.n = n
+        self.cases: list[Case] = []
+        checkpoint = loop.checkpoint
+
+        async def traps(count: int) -> None:
+            for _ in range(count):
+                await checkpoint()
+
+        self.traps = traps
+
+    def add(self, row: str, column: str, fn: AsyncFn) -> None:
+        self.cases.append(Case(row, column, fn))
+
+    # -- building blocks --------------------------------------------------------
+
+    def native_checkpoints(self, count: int) -> AsyncFn:
+        checkpoint = self.loop.checkpoint
+
+        async def run() -> float:
+            t0 = perf()
+            for _ in range(count):
+                await checkpoint()
+            return (perf() - t0) / count
+
+        return run
+
+    def sync_checkpoints(self, impl: Impl, count: int) -> Callable[[], float]:
+        """Sync code that calls ``await_(checkpoint())`` *count* times; seconds per call."""
+        checkpoint = self.loop.checkpoint
+        await_ = impl.await_
+
+        def run() -> float:
+            t0 = perf()
+            for _ in range(count):
+                await_(checkpoint())
+            return (perf() - t0) / count
+
+        return run
+
+    def sync_awaits(self, impl: Impl, make: Callable[[], Any], count: int) -> Callable[[], float]:
+        await_ = impl.await_
+
+        def run() -> float:
+            t0 = perf()
+            for _ in range(count):
+                await_(make())
+            return (perf() - t0) / count
+
+        return run
+
+    def native_awaits(self, make: Callable[[], Any], count: int) -> AsyncFn:
+        async def run() -> float:
+            t0 = perf()
+            for _ in range(count):
+                await make()
+            return (perf() - t0) / count
+
+        return run
+
+    def in_portal(self, impl: Impl, body: Callable[[], float]) -> AsyncFn:
+        async def run() -> float:
+            return await impl.sync_in_portal(body)  # type: ignore[no-any-return]
+
+        return run
+
+    # -- the main table -------------------------------------------------------------
+
+    def main(self) -> None:
+        n = self.n
+        traps = self.traps
+
+        async def switch_pair() -> float:
+            return _common.switch_pair_seconds(n)
+
+        async def new_greenlet() -> float:
+            return _common.new_greenlet_seconds(max(n // 10, 1))
+
+        self.add("floor_switch", "floor", switch_pair)
+        self.add("floor_greenlet", "floor", new_greenlet)
+        self.add("checkpoint", "native", self.native_checkpoints(n))
+        self.add("await_noyield", "native", self.native_awaits(_no_yield, n))
+        self.add("await_ten", "native", self.native_awaits(lambda: traps(10), n // 10))
+        for name, impl in self.impls.items():
+            self.add_steps(name, impl)
+            self.add("await_checkpoint", name, self.in_portal(impl, self.sync_checkpoints(impl, n)))
+            run_sync_body = self.sync_checkpoints(impl, n)
+
+            async def per_call_portal(impl: Impl = impl, body: Any = run_sync_body) -> float:
+                return await impl.run_sync(body)  # type: ignore[no-any-return]
+
+            self.add("await_checkpoint_sync", name, per_call_portal)
+            self.add(
+                "await_noyield", name, self.in_portal(impl, self.sync_awaits(impl, _no_yield, n))
+            )
+            self.add(
+                "await_ten",
+                name,
+                self.in_portal(impl, self.sync_awaits(impl, lambda: traps(10), n // 10)),
+            )
+            self.add_creation(name, impl)
+        self.add_new_task(None, "native")
+        for name, impl in self.impls.items():
+            if impl.ensure_portal is not None:
+                self.add_new_task(impl, name)
+
+    def add_steps(self, name: str, impl: Impl) -> None:
+        """A native checkpoint in a task that has a portal, made each way the bridge can."""
+        loop = self.loop
+        checkpoints = self.native_checkpoints(self.n)
+        if (ensure := impl.ensure_portal) is not None:
+
+            async def ensured() -> float:
+                await ensure()
+                return await checkpoints()  # type: ignore[no-any-return]
+
+            self.add("step_ensure_portal", name, ensured)
+        if (bestow := impl.bestow_portal) is not None:
+
+            async def bestowed() -> float:
+                bestow(loop.current_task())
+                await loop.checkpoint()  # the portal takes over at the next step
+                return await checkpoints()  # type: ignore[no-any-return]
+
+            self.add("step_bestow_portal", name, bestowed)
+        if (run := impl.with_portal_run) is not None:
+
+            async def inline() -> float:
+                return await run(checkpoints)  # type: ignore[no-any-return]
+
+            self.add("step_with_portal_run", name, inline)
+        if (tree := impl.with_portal_run_tree) is not None:
+
+            async def tree_run() -> float:
+                return await tree(checkpoints)  # type: ignore[no-any-return]
+
+            self.add("step_with_portal_run_tree", name, tree_run)
+
+    def add_creation(self, name: str, impl: Impl) -> None:
+        count = max(self.n // 10, 1)
+        run_sync = impl.run_sync
+
+        async def sync_portal() -> float:
+            t0 = perf()
+            for _ in range(count):
+                await run_sync(_empty)
+            return (perf() - t0) / count
+
+        self.add("create_sync", name, sync_portal)
+        if (run := impl.with_portal_run) is not None:
+
+            async def async_portal() -> float:
+                t0 = perf()
+                for _ in range(count):
+                    await run(_empty_async)
+                return (perf() - t0) / count
+
+            self.add("create_async", name, async_portal)
+
+    def add_new_task(self, impl: Impl | None, column: str) -> None:
+        """Start tasks in batches of 100 that take a portal (or, natively, checkpoint once)."""
+        loop = self.loop
+        batches = max(self.n // 1000, 1)
+        size = 100
+        if impl is None:
+            body: AsyncFn = loop.checkpoint  # type: ignore[assignment]
+        else:
+            assert impl.ensure_portal is not None
+            body = impl.ensure_portal  # type: ignore[assignment]
+
+        async def run() -> float:
+            fns = [body] * size
+            t0 = perf()
+            for _ in range(batches):
+                await loop.run_all(fns)
+            return (perf() - t0) / (batches * size)
+
+        self.add("new_task", column, run)
+
+    # -- scaling ----------------------------------------------------------------------
+
+    def scaling(self) -> None:
+        n = self.n
+        for depth in DEPTHS:
+            row = f"depth_{depth}"
+            native = self.native_checkpoints(n)
+
+            async def native_deep(depth: int = depth, native: AsyncFn = native) -> float:
+                return await _deep_async(depth, native)
+
+            self.add(row, "native", native_deep)
+            for name, impl in self.impls.items():
+                body = self.sync_checkpoints(impl, n)
+
+                def deep(depth: int = depth, body: Callable[[], float] = body) -> float:
+                    return _deep(depth, body)
+
+                self.add(row, name, self.in_portal(impl, deep))
+        for count in TRAPS:
+            row = f"traps_{count}"
+            awaits = max(n // count, 50)
+
+            def make(count: int = count) -> Any:
+                return self.traps(count)
+
+            self.add(row, "native", self.native_awaits(make, awaits))
+            for name, impl in self.impls.items():
+                self.add(row, name, self.in_portal(impl, self.sync_awaits(impl, make, awaits)))
+        for tasks in TASK_COUNTS:
+            steps = max(10, 4 * n // tasks)
+            self.add(f"tasks_{tasks}", "native", self.concurrent(None, tasks, steps))
+            for name, impl in self.impls.items():
+                self.add(f"tasks_{tasks}", name, self.concurrent(impl, tasks, steps))
+
+    def concurrent(self, impl: Impl | None, tasks: int, steps: int) -> AsyncFn:
+        """*tasks* tasks with a portal each take *steps* ``await_(checkpoint())``; s per step."""
+        loop = self.loop
+        checkpoint = loop.checkpoint
+
+        async def run() -> float:
+            start = loop.Event()
+            ready = [0]
+            body: AsyncFn
+            if impl is None:
+
+                async def native_body() -> None:
+                    ready[0] += 1
+                    await start.wait()
+                    for _ in range(steps):
+                        await checkpoint()
+
+                body = native_body
+            else:
+                await_ = impl.await_
+
+                def sync_body() -> None:
+                    ready[0] += 1
+                    await_(start.wait())
+                    for _ in range(steps):
+                        await_(checkpoint())
+
+                def sync_body_after_wait() -> None:
+                    for _ in range(steps):
+                        await_(checkpoint())
+
+                if (ensure := impl.ensure_portal) is not None:
+
+                    async def portal_body() -> None:
+                        await ensure()
+                        ready[0] += 1
+                        await start.wait()
+                        sync_body_after_wait()
+
+                    body = portal_body
+                else:
+                    run_sync = impl.run_sync
+
+                    async def spawned_body() -> None:
+                        await run_sync(sync_body)
+
+                    body = spawned_body
+            t0 = [0.0]
+
+            async def starter() -> None:
+                await loop.yield_until(lambda: ready[0] == tasks)
+                t0[0] = perf()
+                start.set()
+
+            await loop.run_all([starter] + [body] * tasks)
+            return (perf() - t0[0]) / (tasks * steps)
+
+        return run
+
+
+def run_rounds(
+    loop: Loop, cases: list[Case], rounds: int, seed: int, log: Callable[[str], None]
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, str]]]:
+    """Run every case once per round, in a shuffled order; samples and failures by row/column."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    failed: dict[str, dict[str, str]] = {}
+    live = list(cases)
+    rng = random.Random(seed)
+    for number in range(rounds):
+        order = list(live)
+        rng.shuffle(order)
+
+        async def one_round(order: list[Case] = order) -> None:
+            for case in order:
+                _common.collect()
+                try:
+                    value = await loop.in_new_task(case.fn)
+                except Exception as error:
+                    detail = traceback.format_exception_only(type(error), error)[-1].strip()
+                    failed.setdefault(case.row, {})[case.column] = detail
+                    samples.get(case.row, {}).pop(case.column, None)
+                    live.remove(case)
+                    log(f"  {case.row}/{case.column} failed, dropped: {detail}")
+                    continue
+                samples.setdefault(case.row, {}).setdefault(case.column, []).append(value)
+
+        t0 = perf()
+        loop.run(one_round)
+        log(f"  round {number + 1}/{rounds} ({perf() - t0:.1f} s)")
+    return samples, failed
+
+
+def measure(
+    loop_name: str, rounds: int, scaling_rounds: int, n: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    loop = Loop(loop_name)
+    impls, skipped = _common.load_impls(loop_name)
+    result: dict[str, Any] = {
+        "loop": loop_name,
+        "checkpoint": loop.checkpoint_text,
+        "machine": _common.machine_info(),
+        "versions": {name: impl.version for name, impl in impls.items()},
+        "skipped": skipped,
+        "n": n,
+        "rounds": {"main": rounds, "scaling": scaling_rounds},
+        "samples": {},
+        "failed": {},
+    }
+    phases = [("main", rounds)]
+    if scaling_rounds > 0:
+        phases.append(("scaling", scaling_rounds))
+    for phase, count in phases:
+        builder = Builder(loop, impls, n)
+        getattr(builder, phase)()
+        log(f"{loop_name}: {phase}, {len(builder.cases)} cases x {count} rounds")
+        samples, failed = run_rounds(loop, builder.cases, count, seed=len(phase), log=log)
+        result["samples"].update(samples)
+        result["failed"].update(failed)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop", "trio"])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--loop", default="asyncio", choices=_common.LOOPS)
+    parser.add_argument("--rounds", type=int, default=21, help="rounds of the main table")
+    parser.add_argument(
+        "--scaling-rounds", type=int, default=5, help="rounds of the scaling sections (0: skip)"
+    )
+    parser.add_argument("--n", type=int, default=5000, help="checkpoints per sample")
+    parser.add_argument("--json", metavar="PATH", help="write the raw samples here, print no table")
     args = parser.parse_args()
-    lib = Lib(args.loop)
-    cases = build_cases(lib, args.n)
-    results: dict[str, list[float]] = {name: [] for name in cases}
-    floors: list[float] = []
-    for _ in range(args.rounds):
-        floors.append(switch_pair_floor(args.n))
-        for name, case in cases.items():
-            results[name].append(lib.run(case))
 
-    def med(name: str) -> float:
-        return statistics.median(results[name])
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
 
-    floor = statistics.median(floors)
-    native = med("native checkpoint")
-    native_ten = med("native 10-trap coroutine")
-    print(f"# {args.loop}, Python {sys.version.split()[0]}, greenlet {greenlet.__version__}")
-    print(f"# rounds={args.rounds} n={args.n}; per operation, median [min-max] of rounds")
-    print(f"{'greenlet switch pair (floor)':58s} {floor * 1e6:8.3f} us")
-    for name, vals in results.items():
-        base = native_ten if "10-trap" in name else native
-        extra = ""
-        if name.startswith(("checkpoint in", "await_(")):
-            over = med(name) - base
-            extra = f"  overhead {over * 1e6:7.3f} us = {over / floor:5.2f} x floor"
-        print(
-            f"{name:58s} {med(name) * 1e6:8.3f} us "
-            f"[{min(vals) * 1e6:.3f}-{max(vals) * 1e6:.3f}]{extra}"
-        )
-    if greenback is not None:
-        print("# ratios, greenportal / greenback (lower is better)")
-        for what in (
-            "checkpoint in ensure_portal task",
-            "await_(checkpoint)",
-            "await_(10-trap coroutine)",
-            "with_portal_run_sync(empty)",
-        ):
-            ours, theirs = med(f"{what} / greenportal"), med(f"{what} / greenback")
-            base = native_ten if "10-trap" in what else native
-            if what.startswith(("checkpoint", "await_")):
-                ratio = (ours - base) / max(theirs - base, 1e-12)
-                print(f"  {what:40s} overhead ratio {ratio:5.2f}")
-            else:
-                print(f"  {what:40s} time ratio     {ours / theirs:5.2f}")
+    result = measure(args.loop, args.rounds, args.scaling_rounds, args.n, log)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(result, out)
+        return
+    import report
+
+    report.print_report([result], {})
 
 
 if __name__ == "__main__":
