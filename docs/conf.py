@@ -75,13 +75,19 @@ nitpick_ignore = [
     ("py:class", "P.args"),
     ("py:class", "P.kwargs"),
     ("py:class", "P2"),
+    # The type variables of blocking() and BlockingObject.
+    ("py:class", "C"),
+    ("py:class", "S"),
+    ("py:class", "Y"),
 ]
 if not intersphinx_mapping:
     # Targets in the Python, Trio and greenlet docs, which only their
     # inventories can resolve; offline they render as plain text.  With
     # intersphinx on they must resolve, so they are not ignored then.
     nitpick_ignore += [
+        ("py:class", "asyncio.AbstractEventLoop"),
         ("py:class", "asyncio.Task"),
+        ("py:class", "concurrent.futures.Future"),
         ("py:exc", "asyncio.CancelledError"),
         ("py:class", "collections.abc.Coroutine"),
         ("py:mod", "contextvars"),
@@ -129,6 +135,9 @@ def _source_signature(app, what, name, obj, options, signature, return_annotatio
         return None
 
     params = [p.replace(annotation=_written(p.annotation)) for p in sig.parameters.values()]
+    if what == "method" and params and params[0].name in ("self", "cls"):
+        # autodoc hands over the function found on the class: drop its self.
+        params = params[1:]
     text = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
     if what == "class" or sig.return_annotation is inspect.Signature.empty:
         return text, None
