@@ -17,7 +17,10 @@ Then, for each loop:
 1. ``bench_portal.py`` measures every timing row in one process, the
    implementations interleaved round by round;
 2. ``bench_memory.py`` measures each memory cell in a fresh process (two at
-   a time, after all timings, so that they cannot disturb them).
+   a time, after all timings, so that they cannot disturb them);
+3. ``bench_threads.py`` (asyncio and uvloop) measures thread round trips:
+   ``Runner.run`` and ``await_`` from worker threads against the
+   thread-runner pattern, synchronicity, anyio and asgiref.
 
 The report goes to standard output, progress to standard error.  Nothing
 here is a test: every number is reported, none fails the run.
@@ -177,6 +180,11 @@ def main() -> int:
         action="append",
         help="task counts of the memory rows (default 10000 and 100000; quick 10000; 0 skips)",
     )
+    parser.add_argument(
+        "--thread-rounds",
+        type=int,
+        help="rounds of the thread round-trip section (default 7; quick 3; 0 skips)",
+    )
     parser.add_argument("--python", help="use this interpreter as it is, no virtualenv")
     parser.add_argument("--json-out", metavar="PATH", help="also save the raw results here")
     args = parser.parse_args()
@@ -187,6 +195,9 @@ def main() -> int:
         args.scaling_rounds = 2 if quick else 5
     if args.n is None:
         args.n = 2000 if quick else 5000
+    if args.thread_rounds is None:
+        args.thread_rounds = 3 if quick else 7
+    args.thread_n = 500 if quick else 2000
     sizes = args.memory_tasks or ([10_000] if quick else [10_000, 100_000])
     sizes = [size for size in sizes if size > 0]
     loops = args.loop or list(LOOPS)
@@ -211,8 +222,33 @@ def main() -> int:
             memory.setdefault(result["loop"], {})["floor"] = floor
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"timings": results, "memory": memory}))
+    thread_reports = []
+    for loop in loops:
+        if loop == "trio" or args.thread_rounds <= 0:
+            continue  # the thread peers compared are asyncio-based
+        say(f"thread round trips on {loop}")
+        done = subprocess.run(
+            [
+                python,
+                str(HERE / "bench_threads.py"),
+                "--loop",
+                loop,
+                "--rounds",
+                str(args.thread_rounds),
+                "--n",
+                str(args.thread_n),
+            ],
+            cwd=ROOT,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        thread_reports.append(done.stdout if done.returncode == 0 else done.stdout + done.stderr)
     say(f"done in {time.perf_counter() - started:.0f} s")
     report.print_report(results, memory)
+    for text in thread_reports:
+        print()
+        print(text.rstrip())
     return 0 if results else 1
 
 
