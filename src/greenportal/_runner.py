@@ -105,6 +105,7 @@ class _Job:
         "future",
         "handle",
         "kwargs",
+        "started",
         "value",
     )
 
@@ -116,8 +117,11 @@ class _Job:
         self.error: BaseException | None = None
         self.done = threading.Lock()
         self.done.acquire()
-        # The asyncio Task or Trio CancelScope, once the job started.
+        # The asyncio Task (once created) or Trio CancelScope (once started).
         self.handle: Any = None
+        # Whether the asyncio task began to run (a task cancelled before its
+        # first step never runs its body, so nothing would finish the job).
+        self.started = False
         self.cancel_requested = False
         self.closing = False  # cancelled by Runner.close
         self.future: concurrent.futures.Future[Any] | None = None
@@ -273,6 +277,11 @@ class _AsyncioLoop(_Loop):
             loop.call_soon(ready.set)
             try:
                 loop.run_forever()
+                # Run what was scheduled after the stop, here rather than in
+                # the closing thread (which may be running a loop of its own):
+                # late _begin calls fail their jobs.
+                self._closing = True
+                loop.run_until_complete(self._asyncio.sleep(0))
             finally:
                 self._asyncio.set_event_loop(None)
 
@@ -289,38 +298,32 @@ class _AsyncioLoop(_Loop):
 
     def _begin(self, job: _Job) -> None:
         if self._closing:
-            job.closing = True
-            job.error = self._asyncio.CancelledError()
-            job.finish()
-            return
-        if job.cancel_requested:
-            job.error = self._asyncio.CancelledError()
-            job.finish()
-            return
-        try:
-            aw = job.make_awaitable()
-        except BaseException as error:
-            job.error = error
-            job.finish()
+            _fail_closed(job, self._asyncio.CancelledError())
             return
         assert self.loop is not None
         self._jobs.add(job)
-        job.handle = self.loop.create_task(self._drive(aw, job))
+        job.handle = self.loop.create_task(self._drive(job))
 
-    async def _drive(self, aw: Awaitable[Any], job: _Job) -> None:
+    async def _drive(self, job: _Job) -> None:
+        # Cancellation before the task's first step would skip this body and
+        # leave the job unfinished, so cancel() and close() only flag a job
+        # that has not started, and it checks the flags here.
+        job.started = True
         try:
-            job.value = await aw
+            if job.cancel_requested or job.closing:
+                _close_awaitable(job.fn)
+                raise self._asyncio.CancelledError
+            job.value = await job.make_awaitable()
         except BaseException as error:
             job.error = error
         finally:
-            del aw
             self._jobs.discard(job)
             job.finish()
 
     def cancel(self, job: _Job) -> None:
         def cancel() -> None:
             job.cancel_requested = True
-            if job.handle is not None:
+            if job.started:
                 job.handle.cancel()
 
         self.call_soon(cancel)
@@ -344,13 +347,23 @@ class _AsyncioLoop(_Loop):
             for job in self._jobs:
                 job.closing = True
             this = asyncio.current_task()
+            # Jobs whose task has not started fail by themselves when it does.
+            unstarted = {job.handle for job in self._jobs if not job.started}
             tasks = [t for t in asyncio.all_tasks() if t is not this]
             for task in tasks:
-                task.cancel()
+                if task not in unstarted:
+                    task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             await loop.shutdown_asyncgens()
-            await loop.shutdown_default_executor()
+            try:
+                await loop.shutdown_default_executor()
+            except RuntimeError as error:
+                # Python 3.12 starts no thread at interpreter exit, and asyncio
+                # needs one here; concurrent.futures' own exit hook, which runs
+                # before atexit's, has already joined the executor's threads.
+                if "interpreter shutdown" not in str(error):
+                    raise
 
         def begin() -> None:
             task = loop.create_task(sequence())
@@ -358,16 +371,15 @@ class _AsyncioLoop(_Loop):
 
         loop.call_soon_threadsafe(begin)
         self._thread.join()
-        # Run what was scheduled after the stop (late _begin calls fail their
-        # jobs), then make sure no caller waits for a job that never ran.
+        # Make sure no caller waits for a job that never ran.
         self._closing = True
-        loop.run_until_complete(asyncio.sleep(0))
         for job in list(self._jobs):
             _fail_closed(job, asyncio.CancelledError())
         loop.close()
 
 
 def _fail_closed(job: _Job, cause: BaseException) -> None:
+    _close_awaitable(job.fn)  # a coroutine that never ran: no "never awaited"
     if job.done.locked():
         job.closing = True
         job.error = cause
@@ -448,12 +460,16 @@ class _TrioLoop(_Loop):
         try:
             with self._trio.CancelScope() as scope:
                 job.handle = scope
-                if job.cancel_requested or job.closing:
-                    scope.cancel()
                 try:
+                    if job.cancel_requested or job.closing:
+                        scope.cancel()
+                        # Raises Cancelled, so that the work does not start (it
+                        # would run up to its first checkpoint otherwise).
+                        await self._trio.lowlevel.checkpoint()
                     job.value = await job.make_awaitable()
                 except BaseException as error:
                     job.error = error
+                    _close_awaitable(job.fn)
         finally:
             self._jobs.discard(job)
             if not self._jobs and self._idle is not None:
@@ -541,7 +557,14 @@ class _Holder:
                 self.enter_ok = True
             finally:
                 self.entered.release()
-            await self.exit_event.wait()
+            try:
+                await self.exit_event.wait()
+            except BaseException as error:
+                # Cancelled with the context open (the runner is closing):
+                # exit it as ``async with`` does when its body is cancelled.
+                if not await cm.__aexit__(type(error), error, error.__traceback__):
+                    raise
+                return False
             exc, self.exc = self.exc, None
             if exc is None:
                 return bool(await cm.__aexit__(None, None, None))
@@ -864,6 +887,7 @@ class Runner:
         if callable(fn):
             return _Job(fn, args, kwargs)
         if args or kwargs:
+            _close_awaitable(fn)
             raise TypeError("Runner.run() takes arguments only with an async function")
         if not inspect.isawaitable(fn):
             raise TypeError(
@@ -873,7 +897,11 @@ class Runner:
         return _Job(fn, (), {})
 
     def _start_job(self, job: _Job) -> None:
-        impl = self._ensure_started()
+        try:
+            impl = self._ensure_started()
+        except BaseException:
+            _close_awaitable(job.fn)  # refused: no "never awaited" warning
+            raise
         if impl.thread_id == threading.get_ident():
             _close_awaitable(job.fn)
             raise RuntimeError(
@@ -998,7 +1026,13 @@ def _iterate(runner: Runner, aiterable: AsyncIterable[T]) -> Iterator[T]:
             del value
             state.request = "next"
             assert state.event is not None
-            state.event.set()
+            try:
+                state.event.set()
+            except RuntimeError:  # the loop is gone: the runner closed
+                finished = True
+                runner._wait(job)
+                job.outcome()  # raises RunnerClosedError
+                raise RunnerClosedError("the Runner was closed while iterating") from None
             runner._wait(job, state.reply_ready)
     finally:
         if not finished and job.done.locked() and not runner.closed:
@@ -1012,6 +1046,8 @@ def _iterate(runner: Runner, aiterable: AsyncIterable[T]) -> Iterator[T]:
             else:
                 if not runner.in_loop_thread():
                     runner._wait(job)
+                    if not job.closing:
+                        job.outcome()  # an error from aclose()
 
 
 # ------------------------------------------------------------ default runner
