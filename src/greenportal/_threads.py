@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _runner
@@ -313,7 +314,13 @@ async def _serve(host: _Host, asyncio: Any) -> None:
 
 
 class _ThreadCache:
-    """Idle worker threads, reused; one that stays idle for 10 s exits."""
+    """Idle worker threads, reused; one that stays idle for 10 s exits.
+
+    A job runs in a worker and returns a callable that announces its end; the
+    worker parks itself on the idle list *before* calling it (as Trio's thread
+    cache does), so the next ``to_thread`` that the announcement lets run
+    reuses this thread instead of starting a new one.
+    """
 
     IDLE_SECONDS = 10.0
 
@@ -321,7 +328,7 @@ class _ThreadCache:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
 
-    def run(self, job: Callable[[], None]) -> None:
+    def run(self, job: Callable[[], Callable[[], None]]) -> None:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
@@ -345,12 +352,12 @@ class _ThreadCache:
 class _Worker:
     def __init__(self, cache: _ThreadCache) -> None:
         self._cache = cache
-        self._jobs: deque[Callable[[], None]] = deque()
+        self._jobs: deque[Callable[[], Callable[[], None]]] = deque()
         self._ready = threading.Semaphore(0)
         thread = threading.Thread(target=self._main, name="greenportal-worker", daemon=True)
         thread.start()
 
-    def give(self, job: Callable[[], None]) -> None:
+    def give(self, job: Callable[[], Callable[[], None]]) -> None:
         self._jobs.append(job)
         self._ready.release()
 
@@ -361,12 +368,25 @@ class _Worker:
                     return
                 self._ready.acquire()  # claimed just now: a job is coming
             job = self._jobs.popleft()
-            job()
+            announce = job()
             del job
             self._cache.park(self)
+            announce()
+            del announce
 
 
 _threads = _ThreadCache()
+
+
+def _after_fork_in_child() -> None:
+    # The child has the idle list but not the threads on it: a job given to
+    # one of them would never run, and to_thread() would hang.  Start afresh.
+    global _threads
+    _threads = _ThreadCache()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ThreadLimiter:
@@ -503,8 +523,12 @@ async def _to_thread(
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {type(fn).__qualname__!r}")
     asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and asyncio._get_running_loop() is not None:
-        return await _to_thread_asyncio(asyncio, fn, args, kwargs, limiter)
+    if asyncio is not None:
+        loop = asyncio._get_running_loop()
+        # A task, not just a loop: a Trio guest run on an asyncio host steps
+        # its tasks in asyncio callbacks, where a loop runs but no asyncio task.
+        if loop is not None and asyncio.current_task(loop) is not None:
+            return await _to_thread_asyncio(asyncio, fn, args, kwargs, limiter)
     trio = sys.modules.get("trio")
     if trio is not None:
         return await _to_thread_trio(trio, fn, args, kwargs, limiter)
@@ -525,7 +549,7 @@ async def _to_thread_asyncio(
         context = contextvars.copy_context()
         outcome: list[Any] = []
 
-        def work() -> None:
+        def work() -> Callable[[], None]:
             _state.host = host
             try:
                 outcome.append((True, context.run(fn, *args, **kwargs)))
@@ -533,7 +557,7 @@ async def _to_thread_asyncio(
                 outcome.append((False, error))
             finally:
                 _state.host = None
-                host.thread_done()
+            return host.thread_done
 
         _threads.run(work)
         await _serve(host, asyncio)
@@ -569,14 +593,17 @@ def _unlimited(trio: Any) -> Any:
     return trio.CapacityLimiter(float("inf"))
 
 
+# Coroutine functions, not just functions returning awaitables, so that the
+# results can go where a coroutine is required (asyncio.create_task,
+# TaskGroup.start_soon).
 @overload
 def asyncify(
     fn: Callable[P, T], /, *, limiter: ThreadLimiter | None = None
-) -> Callable[P, Awaitable[T]]: ...
+) -> Callable[P, Coroutine[Any, Any, T]]: ...
 @overload
 def asyncify(
     fn: None = None, /, *, limiter: ThreadLimiter | None = None
-) -> Callable[[Callable[P, T]], Callable[P, Awaitable[T]]]: ...
+) -> Callable[[Callable[P, T]], Callable[P, Coroutine[Any, Any, T]]]: ...
 def asyncify(fn: Any = None, /, *, limiter: ThreadLimiter | None = None) -> Any:
     """Make a sync function into an async one that runs it with :func:`to_thread`.
 
@@ -587,7 +614,7 @@ def asyncify(fn: Any = None, /, *, limiter: ThreadLimiter | None = None) -> Any:
     if not isinstance(chosen, ThreadLimiter):
         raise TypeError(f"limiter must be a ThreadLimiter, got {type(chosen).__qualname__!r}")
 
-    def decorate(sync_fn: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    def decorate(sync_fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
         if not callable(sync_fn):
             raise TypeError(f"asyncify() needs a callable, got {type(sync_fn).__qualname__!r}")
 
