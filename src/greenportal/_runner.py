@@ -84,7 +84,10 @@ _UNSET: Any = object()
 
 
 class RunnerClosedError(RuntimeError):
-    """The Runner was closed before, or while, it ran this call."""
+    """The Runner was closed before, or while, it ran this call.
+
+    A subclass of :exc:`RuntimeError`.
+    """
 
 
 class _Job:
@@ -870,7 +873,7 @@ class Runner:
                 assert self._impl is not None
                 return self._impl
             if self._state != "new":
-                raise RuntimeError(
+                raise RunnerClosedError(
                     "this Runner is closed; make a new Runner (or use greenportal.default_runner())"
                 )
             impl = (
@@ -909,7 +912,17 @@ class Runner:
                 "here for the loop would deadlock it. Inside the runner's loop, await the "
                 "work directly (or use greenportal.await_ from a task with a portal)"
             )
-        impl.spawn(job)
+        # Scheduling under the lock orders every call either before close()
+        # marks the runner closing (then the loop starts it before the
+        # shutdown sequence, which cancels it) or after (then it is refused).
+        with self._lock:
+            if self._state != "running":
+                _close_awaitable(job.fn)
+                raise RunnerClosedError(
+                    "this Runner is closed; make a new Runner (or use "
+                    "greenportal.default_runner())"
+                )
+            impl.spawn(job)
 
     def _wait(self, job: _Job, lock: threading.Lock | None = None) -> None:
         """Block until the job is done, or until *lock* is released (and take it).
