@@ -8,6 +8,7 @@ warn_unused_ignores fails the run if they stop being errors).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
@@ -111,3 +112,9 @@ async def check_to_thread() -> None:
     assert_type(await threaded(2), list[int])
     limited = greenportal.asyncify(limiter=greenportal.ThreadLimiter(2))(load)
     assert_type(await limited(2), list[int])
+    task = asyncio.create_task(threaded(3))  # a coroutine, so tasks can run it
+    assert_type(await task, list[int])
+    assert_type(greenportal.default_thread_limiter(), greenportal.ThreadLimiter)
+    await greenportal.to_thread(42)  # type: ignore[arg-type]
+    greenportal.ThreadLimiter(1.5)  # type: ignore[arg-type]
+    greenportal.asyncify(load, limiter=4)  # type: ignore[call-overload]

@@ -919,8 +919,7 @@ class Runner:
             if self._state != "running":
                 _close_awaitable(job.fn)
                 raise RunnerClosedError(
-                    "this Runner is closed; make a new Runner (or use "
-                    "greenportal.default_runner())"
+                    "this Runner is closed; make a new Runner (or use greenportal.default_runner())"
                 )
             impl.spawn(job)
 

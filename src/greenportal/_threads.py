@@ -456,7 +456,13 @@ class ThreadLimiter:
                 waiter = self._waiters.popleft()
                 waiter.granted = True
                 self._borrowed += 1
-            waiter.wake()
+            try:
+                waiter.wake()
+            except RuntimeError:
+                # The waiter's event loop is gone (closed, or its Trio run
+                # finished): nobody will take the slot, so offer it on.
+                with self._lock:
+                    self._borrowed -= 1
 
 
 class _Waiter:
@@ -509,10 +515,13 @@ async def to_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) ->
     ``default_thread_limiter().total`` threads run at once (see
     :func:`asyncify` for another limiter).
 
-    Cancellation: a running thread cannot be interrupted.  The task waits for
-    the thread; the cancellation reaches the thread as the native exception
-    (``asyncio.CancelledError``, or Trio's ``Cancelled``) at its next
-    ``await_``, or is raised here when the thread returns.
+    Cancellation: a running thread cannot be interrupted, so the task waits
+    for the thread.  The cancellation reaches the thread as the native
+    exception (``asyncio.CancelledError``, or Trio's ``Cancelled``) at its
+    next ``await_``.  If the thread never awaits again: under asyncio the
+    cancellation is raised here when the thread returns; under Trio this
+    returns the thread's result and the cancelled scope raises at the task's
+    next checkpoint, as with ``trio.to_thread.run_sync``.
     """
     return await _to_thread(fn, args, kwargs, _default_limiter)
 
