@@ -740,8 +740,9 @@ class Runner:
 
         Raises:
             RuntimeError: called from this runner's own loop thread (it would
-                deadlock), or the runner is closed.
-            RunnerClosedError: the runner closed while the call ran.
+                deadlock).
+            RunnerClosedError: the runner is closed, or closed while the call
+                ran.
             KeyboardInterrupt: Ctrl-C arrived while waiting; the work was
                 cancelled and has finished.
         """
