@@ -70,6 +70,7 @@ import os
 import sys
 import threading
 import weakref
+from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
@@ -924,7 +925,7 @@ class Runner:
                 )
             impl.spawn(job)
 
-    def _wait(self, job: _Job, lock: threading.Lock | None = None) -> None:
+    def _wait(self, job: _Job, lock: threading.Lock | threading.Semaphore | None = None) -> None:
         """Block until the job is done, or until *lock* is released (and take it).
 
         ``job.done`` is a flag: once released it stays released.  Any other
@@ -962,18 +963,22 @@ class _IterState:
     """The hand-over between a sync consumer and the task iterating on the loop.
 
     One request at a time: the consumer sets ``request`` and the event, then
-    blocks on ``reply_ready``; the task answers in ``reply`` and releases the
-    lock.  Invariant: the task releases ``reply_ready`` exactly once per
-    request, plus once when it starts; its last release carries a final
-    reply (``_STOP`` or an error).
+    blocks on ``reply_ready``; the task appends its answer to ``replies`` and
+    releases the semaphore.  Invariant: ``reply_ready``'s count equals the
+    number of unread replies; the task answers once when it starts, once per
+    request, and once more when it ends (``_STOP`` or an error), so a
+    cancellation at close cannot overwrite an item the consumer has not read.
     """
 
     def __init__(self) -> None:
         self.request: Literal["next", "close"] = "next"
         self.event: _LoopEvent | None = None
-        self.reply: tuple[bool, Any] = (True, None)
-        self.reply_ready = threading.Lock()
-        self.reply_ready.acquire()
+        self.replies: deque[tuple[bool, Any]] = deque()
+        self.reply_ready = threading.Semaphore(0)
+
+    def answer(self, reply: tuple[bool, Any]) -> None:
+        self.replies.append(reply)
+        self.reply_ready.release()
 
 
 _STOP: Any = object()
@@ -986,8 +991,7 @@ async def _pump(aiterable: AsyncIterable[Any], state: _IterState, loop: _Loop) -
     iterator: Any = None
     try:
         iterator = aiterable.__aiter__()
-        state.reply = (True, _STARTED)
-        state.reply_ready.release()
+        state.answer((True, _STARTED))
         while True:
             await state.event.wait()
             if state.request == "close":
@@ -996,9 +1000,8 @@ async def _pump(aiterable: AsyncIterable[Any], state: _IterState, loop: _Loop) -
                 item = await iterator.__anext__()
             except StopAsyncIteration:
                 return
-            state.reply = (True, item)
+            state.answer((True, item))
             del item
-            state.reply_ready.release()
     except BaseException as error:
         final = (False, error)
         raise
@@ -1011,9 +1014,8 @@ async def _pump(aiterable: AsyncIterable[Any], state: _IterState, loop: _Loop) -
             final = (False, error)
             raise
         finally:
-            state.reply = final
+            state.answer(final)
             del final
-            state.reply_ready.release()
 
 
 def _iterate(runner: Runner, aiterable: AsyncIterable[T]) -> Iterator[T]:
@@ -1025,8 +1027,7 @@ def _iterate(runner: Runner, aiterable: AsyncIterable[T]) -> Iterator[T]:
     finished = False
     try:
         while True:
-            ok, value = state.reply
-            state.reply = (True, None)
+            ok, value = state.replies.popleft()
             if not ok or value is _STOP:
                 finished = True
                 runner._wait(job)
