@@ -900,6 +900,54 @@ print(os.waitstatus_to_exitcode(status))
 """
 
 
+FORK_WHILE_BUSY_SCRIPT = """
+import asyncio, os, signal, threading
+import greenportal
+
+limiter = greenportal.ThreadLimiter(1)
+release = threading.Event()
+busy = threading.Event()
+
+def hold():
+    busy.set()
+    release.wait()
+
+async def parent():
+    task = asyncio.create_task(greenportal.asyncify(hold, limiter=limiter)())
+    await asyncio.to_thread(busy.wait)
+    # The only slot is taken by a thread that the child will not have.
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)  # a hang shows as SIGALRM
+        try:
+            slot = limiter.borrowed
+            ok = asyncio.run(child()) == "ran"
+        except BaseException:
+            os._exit(1)
+        os._exit(0 if ok and slot == 0 else 2)
+    release.set()
+    await task
+    return pid
+
+async def child():
+    return await greenportal.asyncify(lambda: "ran", limiter=limiter)()
+
+pid = asyncio.run(parent())
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_limiter_slots_are_fresh_after_fork() -> None:
+    """Slots held by the parent's threads do not exist in the child."""
+    out = run_python(
+        "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(FORK_WHILE_BUSY_SCRIPT)
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "0\n", "")
+
+
 @pytest.mark.subprocess
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_to_thread_after_fork() -> None:

@@ -48,6 +48,7 @@ import functools
 import os
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -381,12 +382,20 @@ _threads = _ThreadCache()
 def _after_fork_in_child() -> None:
     # The child has the idle list but not the threads on it: a job given to
     # one of them would never run, and to_thread() would hang.  Start afresh.
+    # Likewise the slots that the parent's threads held, and the tasks that
+    # waited for them, do not exist in the child.
     global _threads
     _threads = _ThreadCache()
+    for limiter in list(_limiters):
+        limiter._reset()
+    _state.host = None
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_limiters: weakref.WeakSet[ThreadLimiter] = weakref.WeakSet()
 
 
 class ThreadLimiter:
@@ -397,11 +406,16 @@ class ThreadLimiter:
     """
 
     def __init__(self, total: int) -> None:
+        self._reset()
+        self.total = total
+        _limiters.add(self)
+
+    def _reset(self) -> None:
+        # Invariant: _borrowed <= _total, except just after total is lowered;
+        # a waiter is in _waiters until it is granted a slot or gives up.
         self._lock = threading.Lock()
         self._borrowed = 0
-        # Waiters in arrival order: callables that hand the slot over.
         self._waiters: deque[_Waiter] = deque()
-        self.total = total
 
     @property
     def total(self) -> int:
