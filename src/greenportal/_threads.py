@@ -221,14 +221,8 @@ class _Host:
         del aw
         self.loop.call_soon_threadsafe(self.wake)
         self.reply.acquire()
-        ok, value = self.answer
-        self.answer = (True, None)
-        if ok:
-            return value  # type: ignore[no-any-return]
-        try:
-            raise value
-        finally:
-            del value
+        answer, self.answer = self.answer, (True, None)
+        return _unwrap(answer)  # type: ignore[no-any-return]
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -546,16 +540,34 @@ async def _to_thread(
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {type(fn).__qualname__!r}")
     asyncio = sys.modules.get("asyncio")
-    if asyncio is not None:
-        loop = asyncio._get_running_loop()
-        # A task, not just a loop: a Trio guest run on an asyncio host steps
-        # its tasks in asyncio callbacks, where a loop runs but no asyncio task.
-        if loop is not None and asyncio.current_task(loop) is not None:
-            return await _to_thread_asyncio(asyncio, fn, args, kwargs, limiter)
     trio = sys.modules.get("trio")
-    if trio is not None:
-        return await _to_thread_trio(trio, fn, args, kwargs, limiter)
-    raise RuntimeError("to_thread() must be called from an asyncio or Trio task")
+    # A task, not just a loop: a Trio guest run on an asyncio host steps its
+    # tasks in asyncio callbacks, where a loop runs but no asyncio task.
+    loop = asyncio._get_running_loop() if asyncio is not None else None
+    on_asyncio = loop is not None and asyncio.current_task(loop) is not None  # type: ignore[union-attr]
+    if not on_asyncio and trio is None:
+        raise RuntimeError("to_thread() must be called from an asyncio or Trio task")
+    await limiter._acquire("asyncio" if on_asyncio else "trio")
+    try:
+        if on_asyncio:
+            return await _to_thread_asyncio(asyncio, fn, args, kwargs)
+        # Trio's own worker threads give trio.from_thread.run (and so await_)
+        # the semantics we want; our limiter replaces its default one.
+        call = functools.partial(fn, *args, **kwargs)
+        return await trio.to_thread.run_sync(call, limiter=_unlimited(trio))  # type: ignore[no-any-return,union-attr]
+    finally:
+        limiter._release()
+
+
+def _unwrap(outcome: tuple[bool, Any]) -> Any:
+    """Return the value of an ``(ok, value)`` outcome, or raise its exception."""
+    ok, value = outcome
+    if ok:
+        return value
+    try:
+        raise value
+    finally:
+        del value, outcome
 
 
 async def _to_thread_asyncio(
@@ -563,53 +575,24 @@ async def _to_thread_asyncio(
     fn: Callable[..., T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    limiter: ThreadLimiter,
 ) -> T:
-    loop = asyncio.get_running_loop()
-    await limiter._acquire("asyncio")
-    try:
-        host = _Host(loop)
-        context = contextvars.copy_context()
-        outcome: list[Any] = []
+    host = _Host(asyncio.get_running_loop())
+    context = contextvars.copy_context()
+    outcome: list[Any] = []
 
-        def work() -> Callable[[], None]:
-            _state.host = host
-            try:
-                outcome.append((True, context.run(fn, *args, **kwargs)))
-            except BaseException as error:
-                outcome.append((False, error))
-            finally:
-                _state.host = None
-            return host.thread_done
+    def work() -> Callable[[], None]:
+        _state.host = host
+        try:
+            outcome.append((True, context.run(fn, *args, **kwargs)))
+        except BaseException as error:
+            outcome.append((False, error))
+        finally:
+            _state.host = None
+        return host.thread_done
 
-        _threads.run(work)
-        await _serve(host, asyncio)
-    finally:
-        limiter._release()
-    ok, value = outcome.pop()
-    if ok:
-        return value  # type: ignore[no-any-return]
-    try:
-        raise value
-    finally:
-        del value
-
-
-async def _to_thread_trio(
-    trio: Any,
-    fn: Callable[..., T],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    limiter: ThreadLimiter,
-) -> T:
-    await limiter._acquire("trio")
-    try:
-        # Trio's own worker threads give trio.from_thread.run (and so await_)
-        # the semantics we want; our limiter replaces its default one.
-        call = functools.partial(fn, *args, **kwargs)
-        return await trio.to_thread.run_sync(call, limiter=_unlimited(trio))  # type: ignore[no-any-return]
-    finally:
-        limiter._release()
+    _threads.run(work)
+    await _serve(host, asyncio)
+    return _unwrap(outcome.pop())  # type: ignore[no-any-return]
 
 
 def _unlimited(trio: Any) -> Any:
