@@ -202,7 +202,13 @@ class _Loop:
 
     def cancel(self, job: _Job) -> None:
         """Cancel *job* if it runs, or make it fail when it starts (thread-safe)."""
-        raise NotImplementedError
+
+        def cancel() -> None:
+            job.cancel_requested = True
+            if job.started:  # its handle (Task or CancelScope) is live
+                job.handle.cancel()
+
+        self.call_soon(cancel)
 
     def call_soon(self, fn: Callable[[], object]) -> None:
         """Run *fn* on the loop thread (thread-safe)."""
@@ -323,14 +329,6 @@ class _AsyncioLoop(_Loop):
         finally:
             self._jobs.discard(job)
             job.finish()
-
-    def cancel(self, job: _Job) -> None:
-        def cancel() -> None:
-            job.cancel_requested = True
-            if job.started:
-                job.handle.cancel()
-
-        self.call_soon(cancel)
 
     def call_soon(self, fn: Callable[[], object]) -> None:
         assert self.loop is not None
@@ -464,6 +462,7 @@ class _TrioLoop(_Loop):
         try:
             with self._trio.CancelScope() as scope:
                 job.handle = scope
+                job.started = True
                 try:
                     if job.cancel_requested or job.closing:
                         scope.cancel()
@@ -479,14 +478,6 @@ class _TrioLoop(_Loop):
             if not self._jobs and self._idle is not None:
                 self._idle.set()
             job.finish()
-
-    def cancel(self, job: _Job) -> None:
-        def cancel() -> None:
-            job.cancel_requested = True
-            if job.handle is not None:
-                job.handle.cancel()
-
-        self.call_soon(cancel)
 
     def call_soon(self, fn: Callable[[], object]) -> None:
         self._token.run_sync_soon(fn)
@@ -505,7 +496,7 @@ class _TrioLoop(_Loop):
                 self._idle = trio.Event()
                 for job in self._jobs:
                     job.closing = True
-                    if job.handle is not None:
+                    if job.started:
                         job.handle.cancel()
                 await self._idle.wait()
             self._stop.set()
