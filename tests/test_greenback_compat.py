@@ -75,7 +75,7 @@ RUNNER = textwrap.dedent(
     import pytest
     tests_dir, deselect = sys.argv[1], sys.argv[2]
     sys.exit(pytest.main([
-        "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--import-mode=importlib",
+        "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:asyncio", "--import-mode=importlib",
         "-W", "error", "--rootdir", tests_dir, "-k", deselect, tests_dir,
     ]))
     """
