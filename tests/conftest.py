@@ -22,8 +22,9 @@ import asyncio.tasks
 import gc
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -139,3 +140,30 @@ def gc_collect_harder() -> None:
     # Several passes: finalizers that run in one pass can free more in the next.
     for _ in range(5):
         gc.collect()
+
+
+# --- a throwaway PostgreSQL server for the integration tests -------------------
+
+_TOOLS = str(Path(__file__).resolve().parent.parent / "tools")
+
+
+def _pgcluster() -> Any:
+    """tools/pgcluster.py, imported from the repository (it is not part of the package)."""
+    if _TOOLS not in sys.path:
+        sys.path.insert(0, _TOOLS)
+    import pgcluster
+
+    return pgcluster
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """``postgresql://...`` of a PostgreSQL cluster started for this test session.
+
+    Skips, saying what to install, where the server binaries are missing.
+    """
+    pgcluster = _pgcluster()
+    if pgcluster.find_pg_bin() is None:
+        pytest.skip(pgcluster.MISSING_MESSAGE)
+    with pgcluster.PostgresCluster() as cluster:
+        yield cluster.dsn
