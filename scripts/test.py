@@ -362,7 +362,51 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_args(argv), pytest_args
 
 
+APT_TIMEOUT = 15 * 60
+
+
+def ensure_postgres() -> None:
+    """Install the PostgreSQL server with apt-get if it is missing and we may (root).
+
+    The integration tests start a throwaway cluster (tools/pgcluster.py) and
+    skip without the server binaries; this makes them run where we can.
+    """
+    banner("PostgreSQL server binaries (for the integration tests)")
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import pgcluster
+    finally:
+        sys.path.pop(0)
+    found = pgcluster.find_pg_bin()
+    if found is not None:
+        say(f"found in {found}")
+        return
+    apt = shutil.which("apt-get")
+    if IS_WINDOWS or os.geteuid() != 0 or apt is None:
+        why = "not root" if not IS_WINDOWS and apt else "no apt-get"
+        say(f"not found, and not installing them ({why}); the PostgreSQL tests will skip.")
+        say(pgcluster.MISSING_MESSAGE)
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (
+        [apt, "update", "-q"],
+        [apt, "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+    ):
+        say("$ " + shlex.join(cmd))
+        try:
+            done = subprocess.run(cmd, env=env, timeout=APT_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            say(f"{cmd[1]} failed: {error}; the PostgreSQL tests will skip.")
+            return
+        if done.returncode != 0:
+            say(f"{cmd[1]} failed (exit {done.returncode}); the PostgreSQL tests will skip.")
+            return
+    found = pgcluster.find_pg_bin()
+    say(f"installed: {found}" if found else "installed, but still not found; tests will skip.")
+
+
 def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
+    ensure_postgres()
     banner("looking for CPython " + ", ".join(VERSIONS))
     found: dict[str, Python] = {}
     missing: dict[str, str] = {}
