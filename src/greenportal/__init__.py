@@ -13,6 +13,9 @@ interface), ``_ctask`` (the checked write into asyncio's C Task),
 portals; ``to_thread``), ``_runner`` (the background event loop).
 """
 
+# Portal greenlets speak SQLAlchemy's greenlet protocol (see greenportal.sqlalchemy);
+# this imports nothing from SQLAlchemy.
+from . import sqlalchemy as sqlalchemy
 from ._adapters import async_context as async_context
 from ._adapters import async_iter as async_iter
 from ._adapters import autoawait as autoawait

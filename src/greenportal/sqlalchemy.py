@@ -1,0 +1,125 @@
+"""SQLAlchemy's asyncio extension from synchronous code inside a portal.
+
+SQLAlchemy runs its sync core on top of async drivers with its own greenlet
+bridge: ``AsyncSession`` methods enter a greenlet of SQLAlchemy's
+(``greenlet_spawn``), and the sync code inside calls SQLAlchemy's
+``await_()`` (``await_only()`` in 2.0), which hands the driver's coroutine to
+the greenlet's parent.  Outside such a greenlet, that ``await_()`` raises
+``MissingGreenlet``: this is what a lazy load of an attribute does when sync
+code touches it outside ``AsyncSession.run_sync()``.
+
+This module makes every greenportal portal greenlet a greenlet SQLAlchemy
+accepts.  SQLAlchemy tells its greenlets apart by a class attribute,
+``__sqlalchemy_greenlet_provider__``, and awaits with
+``getcurrent().parent.switch(awaitable)``.  The portal greenlet's parent is
+the event loop's greenlet, which must not receive such a switch, so when
+SQLAlchemy's ``await_()`` asks, the portal greenlet gets a short-lived
+*driver* greenlet as its parent.  The driver takes the awaitable, puts the
+portal greenlet's real parent back, becomes a child of the portal greenlet
+and runs :func:`greenportal.await_` on the awaitable (one more greenlet
+inside the portal, the way ``greenlet_spawn``'s already are).  When it ends,
+greenlet hands its result, or raises its exception, in the portal greenlet,
+exactly where SQLAlchemy's ``switch`` is waiting.
+
+It is on from ``import greenportal``: nothing is imported from SQLAlchemy,
+and nothing changes unless SQLAlchemy's own ``await_()`` or ``in_greenlet()``
+runs in a portal.  :func:`disable` turns it off (SQLAlchemy then raises
+``MissingGreenlet`` in portals again), :func:`enable` back on.
+
+SQLAlchemy itself is not patched.  Tested with SQLAlchemy 2.0 and 2.1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import greenlet
+
+from ._portal import PortalGreenlet, await_, portal_of_current_task
+
+__all__ = ["disable", "enable", "is_enabled"]
+
+_ATTRIBUTE = "__sqlalchemy_greenlet_provider__"
+
+# SQLAlchemy's functions that read the attribute and then switch to the
+# parent: await_ (2.1), await_only and await_fallback (2.0).  Its
+# in_greenlet() reads it without switching.
+_SWITCHING_CALLERS = frozenset({"await_", "await_only", "await_fallback"})
+
+_getcurrent = greenlet.getcurrent
+_getframe = sys._getframe
+
+
+def _drive(portal_gr: greenlet.greenlet) -> Any:
+    """Body of a driver greenlet: take SQLAlchemy's awaitable and await_ it.
+
+    Started by :func:`_arm`, it returns to the portal greenlet at once and is
+    resumed by SQLAlchemy's ``parent.switch(awaitable)``.
+    """
+    awaitable = portal_gr.switch()
+    me = _getcurrent()
+    # Undo the parent swap first: from here on the portal greenlet is as
+    # greenportal left it, and we are one more greenlet inside it.
+    hub = me.parent
+    assert hub is not None
+    portal_gr.parent = hub
+    me.parent = portal_gr
+    return await_(awaitable)
+
+
+def _arm(portal_gr: greenlet.greenlet) -> None:
+    """Give *portal_gr* (the current greenlet) a started driver as its parent."""
+    hub = portal_gr.parent
+    driver = _Driver(_drive, hub)
+    driver.gr_context = portal_gr.gr_context
+    portal_gr.parent = driver
+    driver.switch(portal_gr)
+
+
+class _Provider:
+    """``PortalGreenlet.__sqlalchemy_greenlet_provider__``: true where await_ can work."""
+
+    def __get__(self, gr: greenlet.greenlet | None, owner: type | None = None) -> Any:
+        if gr is None:
+            return self
+        if gr is not _getcurrent():
+            return True  # the class's answer; only the current greenlet can await
+        if portal_of_current_task() is None:
+            # A pooled portal greenlet, or another task's (an eager task's
+            # first step): SQLAlchemy raises MissingGreenlet, as it should.
+            return False
+        caller = _getframe(1)
+        if caller.f_code.co_name in _SWITCHING_CALLERS and str(
+            caller.f_globals.get("__name__", "")
+        ).startswith("sqlalchemy."):
+            _arm(gr)
+        return True
+
+
+_PROVIDER = _Provider()
+
+
+class _Driver(greenlet.greenlet):
+    """A driver greenlet; SQLAlchemy's await_ also works in the code it awaits."""
+
+    __sqlalchemy_greenlet_provider__ = _PROVIDER
+
+
+def enable() -> None:
+    """Let SQLAlchemy's asyncio extension run from sync code in portals (the default)."""
+    setattr(PortalGreenlet, _ATTRIBUTE, _PROVIDER)
+
+
+def disable() -> None:
+    """Undo :func:`enable`: SQLAlchemy raises ``MissingGreenlet`` in portals again."""
+    if _ATTRIBUTE in PortalGreenlet.__dict__:
+        delattr(PortalGreenlet, _ATTRIBUTE)
+
+
+def is_enabled() -> bool:
+    """Whether SQLAlchemy accepts portal greenlets (see :func:`enable`)."""
+    return PortalGreenlet.__dict__.get(_ATTRIBUTE) is _PROVIDER
+
+
+enable()
