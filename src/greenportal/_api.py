@@ -68,7 +68,7 @@ def _install(backend: _backends.Backend, task: Any) -> Portal:
     if coro is None or getattr(coro, "cr_frame", True) is None:
         raise RuntimeError(f"cannot give a portal to {task!r}: it has already finished")
     backend.prepare()
-    portal = Portal(cast(Coroutine[Any, Any, Any], coro), task_id=backend.task_id(task))
+    portal = Portal(cast(Coroutine[Any, Any, Any], coro), None, backend.task_id(task))
     backend.set_coro(task, portal)
     return portal
 
@@ -118,7 +118,7 @@ async def with_portal_run(
     aw = async_fn(*args, **kwargs)
     coro = aw if isinstance(aw, Coroutine) else _adapt(aw)
     try:
-        return await cast(Awaitable[T], Portal(coro, task_id=backend.task_id(task)))
+        return await cast(Awaitable[T], Portal(coro, None, backend.task_id(task)))
     except BaseException as error:
         _strip_own_frame(error)
         raise
@@ -135,9 +135,9 @@ async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs:
         return sync_fn(*args, **kwargs)
     backend, task = _backends.current_backend_and_task()
     backend.prepare()
-    call = functools.partial(sync_fn, *args, **kwargs)
+    call = functools.partial(sync_fn, *args, **kwargs) if args or kwargs else sync_fn
     try:
-        return await cast(Awaitable[T], Portal(fn=call, task_id=backend.task_id(task)))
+        return await cast(Awaitable[T], Portal(None, call, backend.task_id(task)))
     except BaseException as error:
         _strip_own_frame(error)
         raise

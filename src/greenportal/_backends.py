@@ -69,7 +69,7 @@ class AsyncioBackend(Backend):
         self._asyncio = asyncio
         self._pytask: type | None = getattr(asyncio.tasks, "_PyTask", None)
         self._ctask: type | None = getattr(asyncio.tasks, "_CTask", None)
-        _portal._current_asyncio_task = asyncio.current_task
+        _portal.bind_current_asyncio_task(asyncio.current_task)
 
     def current_task(self) -> object | None:
         try:
@@ -137,11 +137,13 @@ class TrioBackend(Backend):
         # as protected, so code in inline portals would never see Ctrl-C until
         # it yielded.  The code on a portal greenlet is the task's own code:
         # mark the drivers unprotected, as task code is.  (Trio 0.27+ marks
-        # code objects; with older Trio this is a no-op.)
+        # code objects; with older Trio this is a no-op.  The compiled
+        # drivers have no frames, so only the Python ones need marking.)
         from . import _portal
 
         for driver in (_portal._worker, _portal._drive_coroutine):
-            trio.lowlevel.disable_ki_protection(driver)
+            if hasattr(driver, "__code__"):
+                trio.lowlevel.disable_ki_protection(driver)
 
     def current_task(self) -> object | None:
         try:
@@ -223,6 +225,15 @@ def _unsupported_library() -> str | None:
 
 def current_backend_and_task() -> tuple[Backend, object]:
     """The current backend and task; RuntimeError that explains if there is none."""
+    # The asyncio case inline (every new portal asks): the same questions as
+    # current_backend(), without asking asyncio for the task twice.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            task = asyncio.current_task(loop)
+            if task is not None:
+                return _backends.get("asyncio") or get_backend("asyncio"), task
     backend = current_backend()
     if backend is not None:
         task = backend.current_task()

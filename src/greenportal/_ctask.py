@@ -35,9 +35,13 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 _WORD = ctypes.sizeof(ctypes.c_void_p)
+
+# The compiled check-write-verify (greenportal._speedups.swap_coro), set by
+# greenportal._portal when the extension is in use; else None.
+_swap_coro: Any = None
 # {Task type: byte offset of its coroutine pointer}
 _offsets: dict[type, int] = {}
 
@@ -83,20 +87,38 @@ def set_coro(task: Any, new: object) -> None:
     offset = _offsets.get(tp)
     if offset is None:
         offset = _find_offset(task, old)
+    if _swap_coro is not None:
+        # The same checks and write, compiled (the ctypes calls below cost
+        # microseconds, and every ensure_portal() of a new task pays them).
+        done = _swap_coro(task, offset, old, new)
+        if done == 0:
+            _raise_check_failed(tp)
+        if done < 0:
+            _raise_not_seen(tp)
+        _offsets[tp] = offset
+        return
     address = id(task) + offset
     if _word_at(address) != id(old):
-        raise RuntimeError(
-            f"greenportal's check of {tp.__qualname__}'s coroutine field failed before "
-            "writing (its layout is not what was measured); nothing was changed"
-        )
+        _raise_check_failed(tp)
     _incref(new)
     ctypes.c_void_p.from_address(address).value = id(new)
     if task.get_coro() is not new:
         ctypes.c_void_p.from_address(address).value = id(old)
         _decref(new)
-        raise RuntimeError(
-            f"greenportal wrote {tp.__qualname__}'s coroutine field but the task did not "
-            "see the change; the old value was restored"
-        )
+        _raise_not_seen(tp)
     _decref(old)
     _offsets[tp] = offset
+
+
+def _raise_check_failed(tp: type) -> NoReturn:
+    raise RuntimeError(
+        f"greenportal's check of {tp.__qualname__}'s coroutine field failed before "
+        "writing (its layout is not what was measured); nothing was changed"
+    )
+
+
+def _raise_not_seen(tp: type) -> NoReturn:
+    raise RuntimeError(
+        f"greenportal wrote {tp.__qualname__}'s coroutine field but the task did not "
+        "see the change; the old value was restored"
+    )

@@ -74,11 +74,12 @@ Known gaps
 from __future__ import annotations
 
 import collections.abc
+import os
 import threading
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import greenlet
 
@@ -89,10 +90,39 @@ T = TypeVar("T")
 getcurrent = greenlet.getcurrent
 
 
+def _load_speedups() -> Any:
+    """The compiled hot path (``_speedups.c``), or None to run the Python twin.
+
+    ``GREENPORTAL_PURE_PYTHON=1`` in the environment selects the Python code
+    even where the extension is built (the test suite runs both ways).
+    """
+    if os.environ.get("GREENPORTAL_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _speedups
+
+
+_speedups: Any = _load_speedups()
+
+#: True when the portal's hot path runs compiled (see ``_speedups.c``).
+SPEEDUPS = _speedups is not None
+
+
 # asyncio.current_task, bound by the asyncio backend when it makes its first
 # portal (so that a Trio program never imports asyncio through us).
 def _current_asyncio_task() -> object:
     return None
+
+
+def bind_current_asyncio_task(current_task: Callable[[], object]) -> None:
+    """Tell await_'s fast path how to find the running asyncio task."""
+    global _current_asyncio_task
+    _current_asyncio_task = current_task
+    if _speedups is not None:
+        _speedups.set_current_task(current_task)
 
 
 _CO_ITERABLE_COROUTINE = 0x100  # inspect.CO_ITERABLE_COROUTINE
@@ -259,29 +289,15 @@ def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> Any:
             exc = error
 
 
-class Portal:
-    """A task's coroutine (or a sync function) running on its own greenlet.
+class _PortalCommon:
+    """What both implementations of :class:`Portal` share (all but the hot path).
 
-    Instances are created by greenportal; users meet them as the value of
-    ``task.get_coro()`` (asyncio) or ``task.coro`` (Trio) of a task that has a
-    portal.  They behave as coroutines: ``send``, ``throw``, ``close`` and the
-    ``cr_*`` introspection attributes, which describe the wrapped coroutine.
+    The hot path (``__init__``, ``send``, ``__next__``, ``__await__``,
+    ``__iter__``) comes from ``_speedups.PortalBase`` when the extension is
+    built, else from :class:`_PurePortal`; both store the fields below.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_awaiting",
-        "_gr",
-        "_hub",
-        "_park",
-        "_result",
-        "_switch",
-        "_target",
-        "_trap",
-        "coro",
-        "fn",
-        "task_id",
-    )
+    __slots__ = ()
 
     # The coroutine this portal drives (coroutine mode), else None.
     coro: Coroutine[Any, Any, Any] | None
@@ -312,19 +328,7 @@ class Portal:
     # The iterator that the innermost active await_ is driving, else None.
     _awaiting: Any
 
-    def __init__(
-        self,
-        coro: Coroutine[Any, Any, Any] | None = None,
-        fn: Callable[[], Any] | None = None,
-        task_id: int | None = None,
-    ) -> None:
-        self.coro = coro
-        self.fn = fn
-        self.task_id = task_id
-        self._gr = self._hub = self._target = None
-        self._trap = self._awaiting = self._park = self._switch = self._result = None
-
-    # -- stepping ---------------------------------------------------------
+    # -- stepping ----------------------------------------------------------
 
     def _rehome(self, hub: greenlet.greenlet) -> None:
         """Make *hub* the greenlet that receives our traps, starting if needed."""
@@ -347,21 +351,6 @@ class Portal:
     def _set_target(self, target: Any) -> None:
         self._target = target
         self._switch = target.switch
-
-    def send(self, value: Any = None) -> Any:
-        """Step the task: resume it with *value* and return the next trap."""
-        if getcurrent() is not self._hub:
-            self._rehome(getcurrent())
-        try:
-            res = self._switch(value)
-            if res is _PARKED:
-                # Left in place until the next step overwrites it: _trap is in
-                # plain sight of the cycle collector, unlike the greenlet's stack.
-                return self._trap
-            raise self._finished(res)
-        except BaseException as error:
-            self._after_error(error)
-            raise
 
     def _finished(self, res: Any) -> BaseException:
         """The job ended (*res* says how): what a coroutine would raise now."""
@@ -429,7 +418,8 @@ class Portal:
         except StopIteration:
             pass
 
-    def __del__(self) -> None:
+    def _finalize(self) -> None:
+        """Unwind a job still running when the portal is dropped (see "Ownership")."""
         gr = self._gr
         if gr is None or gr.dead or not gr:
             return
@@ -438,15 +428,6 @@ class Portal:
         except (greenlet.error, ValueError):
             # Finalized on another thread: greenlet kills it on its own thread.
             pass
-
-    def __await__(self) -> Portal:
-        return self
-
-    def __iter__(self) -> Portal:
-        return self
-
-    # Awaiting a portal inline steps it with None each time.
-    __next__ = send
 
     # -- introspection: describe the wrapped coroutine ----------------------
 
@@ -479,6 +460,99 @@ class Portal:
     def __repr__(self) -> str:
         inner = self.coro if self.coro is not None else self.fn
         return f"<greenportal portal running {inner!r}>"
+
+
+
+
+class _PurePortal(_PortalCommon):
+    """The pure-Python hot path of :class:`Portal` (twin of ``_speedups.PortalBase``)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_awaiting",
+        "_gr",
+        "_hub",
+        "_park",
+        "_result",
+        "_switch",
+        "_target",
+        "_trap",
+        "coro",
+        "fn",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any] | None = None,
+        fn: Callable[[], Any] | None = None,
+        task_id: int | None = None,
+    ) -> None:
+        self.coro = coro
+        self.fn = fn
+        self.task_id = task_id
+        self._gr = self._hub = self._target = None
+        self._trap = self._awaiting = self._park = self._switch = self._result = None
+
+    def send(self, value: Any = None) -> Any:
+        """Step the task: resume it with *value* and return the next trap."""
+        if getcurrent() is not self._hub:
+            self._rehome(getcurrent())
+        try:
+            res = self._switch(value)
+            if res is _PARKED:
+                # Left in place until the next step overwrites it: _trap is in
+                # plain sight of the cycle collector, unlike the greenlet's stack.
+                return self._trap
+            raise self._finished(res)
+        except BaseException as error:
+            self._after_error(error)
+            raise
+
+    def __await__(self) -> Portal:
+        return self
+
+    # (The compiled twin is PortalBase's tp_finalize: a Python __del__ would
+    # cost a call for every portal that dies.)
+    def __del__(self) -> None:
+        if self._gr is not None:
+            self._finalize()
+
+    def __iter__(self) -> Portal:
+        return self
+
+    # Awaiting a portal inline steps it with None each time.
+    __next__ = send
+
+
+
+if TYPE_CHECKING or _speedups is None:
+
+    class Portal(_PurePortal):
+        """A task's coroutine (or a sync function) running on its own greenlet.
+
+        Instances are created by greenportal; users meet them as the value of
+        ``task.get_coro()`` (asyncio) or ``task.coro`` (Trio) of a task that has a
+        portal.  They behave as coroutines: ``send``, ``throw``, ``close`` and the
+        ``cr_*`` introspection attributes, which describe the wrapped coroutine.
+        """
+
+
+        __slots__ = ()
+
+else:
+
+    class Portal(_PortalCommon, _speedups.PortalBase):
+        """A task's coroutine (or a sync function) running on its own greenlet.
+
+        Instances are created by greenportal; users meet them as the value of
+        ``task.get_coro()`` (asyncio) or ``task.coro`` (Trio) of a task that has a
+        portal.  They behave as coroutines: ``send``, ``throw``, ``close`` and the
+        ``cr_*`` introspection attributes, which describe the wrapped coroutine.
+        """
+
+
+        __slots__ = ()
 
 
 collections.abc.Coroutine.register(Portal)
@@ -738,3 +812,52 @@ def find_portal_in(coro: object) -> Portal | None:
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         seen += 1
     return None
+
+
+# -- the compiled hot path ---------------------------------------------------
+# With the extension built, the loops that run on the portal greenlet and
+# await_'s fast path are the C twins of the functions above; Portal's
+# stepping comes from _speedups.PortalBase (see the class definition).
+
+_SLOW: Any = object()  # what _speedups.await_box returns for "use _await_slow"
+
+if not TYPE_CHECKING and _speedups is not None:
+    _speedups.configure(
+        getcurrent=getcurrent,
+        parked=_PARKED,
+        returned=_RETURNED,
+        finished=_FINISHED,
+        detach=_Detach,
+        greenlet_exit=greenlet.GreenletExit,
+        slow=_SLOW,
+        awaitable_iter=_awaitable_iter,
+        greenlet_class=PortalGreenlet,
+        worker=_worker,
+        pool_limit=_POOL_LIMIT,
+    )
+    _acquire = _speedups.acquire
+    _release = _speedups.release
+    _backends._ctask._swap_coro = _speedups.swap_coro
+    _drive_coroutine = _speedups.drive_coroutine
+    _drive_await = _speedups.drive_await
+    _await_box = _speedups.await_box
+    _pure_await = await_
+
+    def await_(aw):
+        # A Python frame on purpose: a Python-to-Python call moves *aw* off
+        # the caller's stack (3.11+), and the one-item list lets the C code
+        # take it out of this frame too, so nothing on the suspended portal
+        # greenlet's stack holds the awaitable (see "Ownership").
+        box = [aw]
+        del aw
+        try:
+            result = _await_box(box)
+            if result is _SLOW:
+                return _await_slow(box.pop())
+            return result
+        except BaseException as error:
+            _strip_own_frame(error)
+            raise
+
+    await_.__doc__ = _pure_await.__doc__
+    await_.__annotations__ = _pure_await.__annotations__

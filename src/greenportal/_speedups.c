@@ -1,0 +1,1157 @@
+/* greenportal._speedups: the portal's hot path in C.
+ *
+ * Why this file exists
+ * --------------------
+ * Every step of a task that has a portal, and every trap of every await_,
+ * crosses between two greenlets.  The switch pair itself costs about 0.35 to
+ * 0.6 us on the machines we measure; the pure-Python glue around it (the
+ * Portal.send frame, the loop that drives the coroutine on the portal
+ * greenlet, weak-reference lookups, bound-method creation) cost as much again
+ * and more.  Issue 3's targets (a step within 1.5x of the bare switch pair,
+ * await_ within 2x) cannot be reached from Python bytecode, so the four
+ * functions on that path live here:
+ *
+ *   PortalBase.send / am_send / tp_iternext   the hub side of one step
+ *   drive_coroutine(ref, value)               the portal greenlet's loop
+ *   drive_await(ref, outer)                   await_'s loop
+ *   await_box([aw])                           await_'s fast path
+ *   acquire / release / PortalBase rehoming   the per-thread greenlet pool
+ *   PortalBase's finalizer                    free for finished portals
+ *   swap_coro(task, offset, old, new)         _ctask's checked write
+ *
+ * Everything else (rehoming, throw, close, finalization, introspection)
+ * stays in Python, in greenportal._portal, which also holds a pure-Python
+ * version of exactly these four functions.  The two are interchangeable:
+ * the test suite runs against both (GREENPORTAL_PURE_PYTHON=1 selects the
+ * Python one), and _portal.py's docstring is the design document for both.
+ *
+ * What was rejected
+ * -----------------
+ * - Calling greenlet's C API (PyGreenlet_Switch): it needs greenlet's header
+ *   at build time, which pip's isolated build environments do not reliably
+ *   expose, and it saves little: calling the bound `switch` with
+ *   PyObject_CallOneArg is one vectorcall.
+ * - Making the whole Portal a C type: rehoming, throw and close run once per
+ *   task or on errors; keeping them in Python keeps one readable copy of the
+ *   subtle parts.
+ * - The limited API: am_send is not in it before 3.10's stable ABI grew it,
+ *   and a wheel per version is fine for a small module.
+ *
+ * Invariants shared with _portal.py (see its "Ownership" section)
+ * ---------------------------------------------------------------
+ * - While the portal greenlet is suspended, the C frames on its stack hold no
+ *   strong reference to the portal, its coroutine, the awaitable or the trap:
+ *   they keep only the weak reference.  Every loop below drops its portal,
+ *   iterator and trap references before it switches to the hub.
+ * - Outcomes cross greenlets as the markers PARKED / RETURNED / RAISED plus
+ *   the portal's `_trap` / `_result` fields, never as switch arguments that
+ *   would stay on the suspended stack.
+ * - C frames add no traceback entries, so nothing here needs the
+ *   frame-stripping that the Python version does.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "structmember.h"
+
+/* ---- objects handed over by greenportal._portal.configure() ------------- */
+
+static PyObject *g_getcurrent;     /* greenlet.getcurrent */
+static PyObject *g_parked;         /* _PARKED */
+static PyObject *g_returned;       /* _RETURNED */
+static PyObject *g_finished;       /* _FINISHED */
+static PyObject *g_finished_switch;/* _FINISHED.switch */
+static PyObject *g_detach;         /* _Detach (exception class) */
+static PyObject *g_greenlet_exit;  /* greenlet.GreenletExit */
+static PyObject *g_awaitable_iter; /* _awaitable_iter(aw) */
+static PyObject *g_current_task;   /* asyncio.current_task, or NULL */
+static PyObject *g_slow;           /* what await_box returns for "take the slow path" */
+
+static PyObject *g_greenlet_class; /* PortalGreenlet */
+static PyObject *g_worker;         /* _worker, the body of every portal greenlet */
+static Py_ssize_t g_pool_limit;    /* _POOL_LIMIT */
+
+static PyObject *s_portal_ref, *s_throw, *s_dead, *s_value, *s_finalize, *s_parent,
+    *s_gr_context, *s_switch, *s_get_coro, *s_pool_key;
+
+/* getattr(obj, name) that reports "no such attribute" as 0 with *result NULL
+ * instead of raising AttributeError (1: found; -1: another error). */
+static int
+get_optional_attr(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    return _PyObject_LookupAttr(obj, name, result);
+#endif
+}
+
+/* ---- the PortalBase type -------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    /* Field meanings are documented on greenportal._portal.Portal. */
+    PyObject *coro;
+    PyObject *fn;
+    PyObject *task_id;
+    PyObject *gr;
+    PyObject *hub;
+    PyObject *park;
+    PyObject *switch_;
+    PyObject *target;
+    PyObject *result;
+    PyObject *trap;
+    PyObject *awaiting;
+    PyObject *weakreflist;
+} PortalObject;
+
+static PyTypeObject PortalBase_Type;
+
+#define PORTAL_CHECK(op) PyObject_TypeCheck((op), &PortalBase_Type)
+
+static PyObject *
+portal_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PortalObject *self = (PortalObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->coro = Py_NewRef(Py_None);
+    self->fn = Py_NewRef(Py_None);
+    self->task_id = Py_NewRef(Py_None);
+    self->gr = Py_NewRef(Py_None);
+    self->hub = Py_NewRef(Py_None);
+    self->park = Py_NewRef(Py_None);
+    self->switch_ = Py_NewRef(Py_None);
+    self->target = Py_NewRef(Py_None);
+    self->result = Py_NewRef(Py_None);
+    self->trap = Py_NewRef(Py_None);
+    self->awaiting = Py_NewRef(Py_None);
+    self->weakreflist = NULL;
+    return (PyObject *)self;
+}
+
+/* Portal(coro=None, fn=None, task_id=None).  Parsed by hand: the generic
+ * keyword parser builds the keyword strings on every call, which costs more
+ * than the rest of making a portal. */
+static PyObject *s_init_names[3];
+
+static int
+portal_init(PortalObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *values[3] = {Py_None, Py_None, Py_None};
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "Portal() takes at most 3 arguments (%zd given)", nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        values[i] = PyTuple_GET_ITEM(args, i);
+    }
+    if (kwds != NULL) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(kwds, &pos, &key, &value)) {
+            int index = -1;
+            for (int j = 0; j < 3 && index < 0; j++) {
+                if (key == s_init_names[j] ||
+                    (PyUnicode_Check(key) && PyUnicode_Compare(key, s_init_names[j]) == 0)) {
+                    index = j;
+                }
+            }
+            if (index < 0) {
+                PyErr_Format(PyExc_TypeError, "Portal() got an unexpected keyword argument %R",
+                             key);
+                return -1;
+            }
+            if (index < nargs) {
+                PyErr_Format(PyExc_TypeError, "Portal() got multiple values for argument %R",
+                             key);
+                return -1;
+            }
+            values[index] = value;
+        }
+    }
+    Py_XSETREF(self->coro, Py_NewRef(values[0]));
+    Py_XSETREF(self->fn, Py_NewRef(values[1]));
+    Py_XSETREF(self->task_id, Py_NewRef(values[2]));
+    return 0;
+}
+
+static int
+portal_traverse(PortalObject *self, visitproc visit, void *arg)
+{
+    /* No Py_VISIT(Py_TYPE(self)): this type is static, and the heap subclass
+     * (Portal) has its type visited by subtype_traverse. */
+    Py_VISIT(self->coro);
+    Py_VISIT(self->fn);
+    Py_VISIT(self->task_id);
+    Py_VISIT(self->gr);
+    Py_VISIT(self->hub);
+    Py_VISIT(self->park);
+    Py_VISIT(self->switch_);
+    Py_VISIT(self->target);
+    Py_VISIT(self->result);
+    Py_VISIT(self->trap);
+    Py_VISIT(self->awaiting);
+    return 0;
+}
+
+static int
+portal_clear(PortalObject *self)
+{
+    Py_CLEAR(self->coro);
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->task_id);
+    Py_CLEAR(self->gr);
+    Py_CLEAR(self->hub);
+    Py_CLEAR(self->park);
+    Py_CLEAR(self->switch_);
+    Py_CLEAR(self->target);
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->trap);
+    Py_CLEAR(self->awaiting);
+    return 0;
+}
+
+static void
+portal_dealloc(PortalObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    portal_clear(self);
+    tp->tp_free((PyObject *)self);
+}
+
+/* A field read from C: NULL (deleted from Python) reads as None. */
+static inline PyObject *
+field(PyObject *value)
+{
+    return value != NULL ? value : Py_None;
+}
+
+/* The portal behind a weak reference, as a new reference; NULL if it is gone
+ * (no exception set) or on error (exception set; callers check). */
+static PortalObject *
+deref(PyObject *ref)
+{
+    PyObject *obj;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyWeakref_GetRef(ref, &obj) < 0) {
+        return NULL;
+    }
+#else
+    obj = PyWeakref_GetObject(ref);
+    if (obj == NULL) {
+        return NULL;
+    }
+    if (obj == Py_None) {
+        return NULL;
+    }
+    Py_INCREF(obj);
+#endif
+    if (obj == NULL) {
+        return NULL;
+    }
+    if (!PORTAL_CHECK(obj)) {
+        Py_DECREF(obj);
+        PyErr_SetString(PyExc_TypeError, "greenportal: a portal_ref points to a non-portal");
+        return NULL;
+    }
+    return (PortalObject *)obj;
+}
+
+/* The exception being raised, taken out of the thread state (normalized,
+ * traceback attached). */
+static PyObject *
+take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raise the exception instance `exc` (a new reference, consumed) as it is. */
+static void
+raise_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
+#endif
+}
+
+/* Set the exception state aside around code that must not see it. */
+typedef struct {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc;
+#else
+    PyObject *type, *value, *tb;
+#endif
+} SavedError;
+
+static void
+save_error(SavedError *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    saved->exc = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&saved->type, &saved->value, &saved->tb);
+#endif
+}
+
+static void
+restore_error(SavedError *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(saved->exc);
+#else
+    PyErr_Restore(saved->type, saved->value, saved->tb);
+#endif
+}
+
+/* Raise StopIteration(value) so that `value` comes out intact (a tuple or an
+ * exception instance would otherwise be taken as constructor arguments). */
+static void
+raise_stop_iteration(PyObject *value)
+{
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, exc);
+        Py_DECREF(exc);
+    }
+}
+
+/* `it.throw(exc)` as an awaiting frame would do it: PYGEN_RETURN with the
+ * StopIteration value, PYGEN_NEXT with the next trap, or PYGEN_ERROR.
+ * Consumes `exc`. */
+static PySendResult
+throw_into(PyObject *it, PyObject *exc, PyObject **presult)
+{
+    PyObject *res = PyObject_CallMethodOneArg(it, s_throw, exc);
+    Py_DECREF(exc);
+    if (res != NULL) {
+        *presult = res;
+        return PYGEN_NEXT;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        *presult = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *stop = take_exception();
+    PyObject *value = stop != NULL ? PyObject_GetAttr(stop, s_value) : NULL;
+    Py_XDECREF(stop);
+    if (value == NULL) {
+        *presult = NULL;
+        return PYGEN_ERROR;
+    }
+    *presult = value;
+    return PYGEN_RETURN;
+}
+
+/* The job ended: reset the portal to "finished" and report its outcome the
+ * way a coroutine would (the Python twin is Portal._finished). */
+static PySendResult
+portal_finished(PortalObject *self, PyObject *marker, PyObject **presult)
+{
+    PyObject *result = self->result;
+    self->result = Py_NewRef(Py_None);
+    Py_XSETREF(self->gr, Py_NewRef(Py_None));
+    Py_XSETREF(self->target, Py_NewRef(g_finished));
+    Py_XSETREF(self->switch_, Py_NewRef(g_finished_switch));
+    int returned = marker == g_returned;
+    Py_DECREF(marker);
+    if (result == NULL) {
+        result = Py_NewRef(Py_None);
+    }
+    if (returned) {
+        *presult = result;
+        return PYGEN_RETURN;
+    }
+    if (!PyExceptionInstance_Check(result)) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_SystemError, "greenportal: a portal job raised a non-exception");
+        *presult = NULL;
+        return PYGEN_ERROR;
+    }
+    raise_exception(result);
+    *presult = NULL;
+    return PYGEN_ERROR;
+}
+
+/* An error left the switch: if the portal greenlet itself died (it was
+ * killed), the portal is finished (the Python twin is Portal._after_error). */
+static void
+portal_after_error(PortalObject *self)
+{
+    PyObject *gr = field(self->gr);
+    if (gr == Py_None) {
+        return;
+    }
+    PyObject *exc = take_exception();
+    Py_INCREF(gr);
+    PyObject *dead = PyObject_GetAttr(gr, s_dead);
+    Py_DECREF(gr);
+    if (dead == NULL) {
+        /* Keep the original error; the lookup failure is secondary. */
+        PyErr_Clear();
+    }
+    else {
+        int is_dead = PyObject_IsTrue(dead);
+        Py_DECREF(dead);
+        if (is_dead < 0) {
+            PyErr_Clear();
+        }
+        else if (is_dead) {
+            Py_XSETREF(self->gr, Py_NewRef(Py_None));
+            Py_XSETREF(self->target, Py_NewRef(g_finished));
+            Py_XSETREF(self->switch_, Py_NewRef(g_finished_switch));
+        }
+    }
+    raise_exception(exc);
+}
+
+/* ---- the per-thread pool of idle portal greenlets (twin of _acquire and
+ * _release in _portal.py; the list lives in the thread state's dict, which
+ * is per thread like the greenlets themselves). */
+
+/* This thread's pool (borrowed), created if `create`; NULL with or without an
+ * exception set if there is none. */
+static PyObject *
+thread_pool(int create)
+{
+    PyObject *dict = PyThreadState_GetDict();
+    if (dict == NULL) {
+        return NULL;
+    }
+    PyObject *pool = PyDict_GetItemWithError(dict, s_pool_key);
+    if (pool == NULL && !PyErr_Occurred() && create) {
+        pool = PyList_New(0);
+        if (pool == NULL) {
+            return NULL;
+        }
+        int failed = PyDict_SetItem(dict, s_pool_key, pool);
+        Py_DECREF(pool); /* the dict holds it */
+        if (failed) {
+            return NULL;
+        }
+    }
+    return pool;
+}
+
+/* An idle portal greenlet whose parent is now `hub`, or a new one. */
+static PyObject *
+acquire_impl(PyObject *hub)
+{
+    PyObject *pool = thread_pool(0);
+    while (pool != NULL && PyList_GET_SIZE(pool) > 0) {
+        Py_ssize_t last = PyList_GET_SIZE(pool) - 1;
+        PyObject *gr = Py_NewRef(PyList_GET_ITEM(pool, last));
+        if (PyList_SetSlice(pool, last, last + 1, NULL) < 0) {
+            Py_DECREF(gr);
+            return NULL;
+        }
+        if (PyObject_SetAttr(gr, s_parent, hub) == 0) {
+            return gr;
+        }
+        Py_DECREF(gr);
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return NULL;
+        }
+        /* hub descends from gr; it cannot be its parent */
+        PyErr_Clear();
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyObject_CallFunctionObjArgs(g_greenlet_class, g_worker, hub, NULL);
+}
+
+static PyObject *
+acquire(PyObject *module, PyObject *hub)
+{
+    if (g_greenlet_class == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenportal._speedups is not configured");
+        return NULL;
+    }
+    return acquire_impl(hub);
+}
+
+static PyObject *
+release(PyObject *module, PyObject *gr)
+{
+    PyObject *pool = thread_pool(1);
+    if (pool == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    if (PyList_GET_SIZE(pool) >= g_pool_limit) {
+        Py_RETURN_FALSE;
+    }
+    if (PyList_Append(pool, gr) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static int
+set_target(PortalObject *self, PyObject *target)
+{
+    PyObject *switch_ = PyObject_GetAttr(target, s_switch);
+    if (switch_ == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->target, Py_NewRef(target));
+    Py_XSETREF(self->switch_, switch_);
+    return 0;
+}
+
+/* Make `hub` the greenlet that receives our traps, starting if needed (the
+ * twin of Portal._rehome). */
+static int
+portal_rehome(PortalObject *self, PyObject *hub)
+{
+    PyObject *gr = field(self->gr);
+    if (gr == Py_None) {
+        if (field(self->target) == g_finished) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+            return -1;
+        }
+        gr = acquire_impl(hub);
+        if (gr == NULL) {
+            return -1;
+        }
+        PyObject *ref = PyWeakref_NewRef((PyObject *)self, NULL);
+        if (ref == NULL) {
+            Py_DECREF(gr);
+            return -1;
+        }
+        int failed = PyObject_SetAttr(gr, s_portal_ref, ref);
+        Py_DECREF(ref);
+        if (failed) {
+            Py_DECREF(gr);
+            return -1;
+        }
+        /* The task's context, so that ContextVar.set() in the portal is the
+         * task's own. */
+        PyObject *context = PyObject_GetAttr(hub, s_gr_context);
+        if (context == NULL) {
+            Py_DECREF(gr);
+            return -1;
+        }
+        failed = PyObject_SetAttr(gr, s_gr_context, context);
+        Py_DECREF(context);
+        if (failed || set_target(self, gr) < 0) {
+            Py_DECREF(gr);
+            return -1;
+        }
+        Py_XSETREF(self->gr, gr);
+    }
+    else if (PyObject_SetAttr(gr, s_parent, hub) < 0) {
+        return -1;
+    }
+    PyObject *park = PyObject_GetAttr(hub, s_switch);
+    if (park == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->hub, Py_NewRef(hub));
+    Py_XSETREF(self->park, park);
+    return 0;
+}
+
+/* One step: resume the portal greenlet with `value`, return its next trap. */
+static PySendResult
+portal_step(PortalObject *self, PyObject *value, PyObject **presult)
+{
+    *presult = NULL;
+    if (g_getcurrent == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenportal._speedups is not configured");
+        return PYGEN_ERROR;
+    }
+    PyObject *current = PyObject_CallNoArgs(g_getcurrent);
+    if (current == NULL) {
+        return PYGEN_ERROR;
+    }
+    if (current != self->hub && portal_rehome(self, current) < 0) {
+        Py_DECREF(current);
+        return PYGEN_ERROR;
+    }
+    Py_DECREF(current);
+    PyObject *switch_ = Py_NewRef(field(self->switch_));
+    PyObject *res = PyObject_CallOneArg(switch_, value);
+    Py_DECREF(switch_);
+    if (res == NULL) {
+        portal_after_error(self);
+        return PYGEN_ERROR;
+    }
+    if (res == g_parked) {
+        Py_DECREF(res);
+        /* Left in place until the next step overwrites it (see _portal.py). */
+        *presult = Py_NewRef(field(self->trap));
+        return PYGEN_NEXT;
+    }
+    return portal_finished(self, res, presult);
+}
+
+static PySendResult
+portal_am_send(PyObject *self, PyObject *value, PyObject **presult)
+{
+    return portal_step((PortalObject *)self, value, presult);
+}
+
+static PyObject *
+portal_send(PyObject *self, PyObject *value)
+{
+    PyObject *result;
+    switch (portal_step((PortalObject *)self, value, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        raise_stop_iteration(result);
+        Py_DECREF(result);
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+static PyObject *
+portal_send_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "send() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    return portal_send(self, nargs ? args[0] : Py_None);
+}
+
+static PyObject *
+portal_iternext(PyObject *self)
+{
+    PyObject *result;
+    switch (portal_step((PortalObject *)self, Py_None, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        if (result != Py_None) {
+            raise_stop_iteration(result);
+        }
+        Py_DECREF(result);
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+/* Finalizer: a portal dropped while its job is still running unwinds it (the
+ * Python side, Portal._finalize, does the work; most portals are finished by
+ * then and cost nothing here). */
+static void
+portal_finalize(PyObject *op)
+{
+    PortalObject *self = (PortalObject *)op;
+    if (self->gr == NULL || self->gr == Py_None) {
+        return;
+    }
+    SavedError saved;
+    save_error(&saved);
+    PyObject *res = PyObject_CallMethodNoArgs(op, s_finalize);
+    if (res == NULL) {
+        PyErr_WriteUnraisable(op);
+    }
+    else {
+        Py_DECREF(res);
+    }
+    restore_error(&saved);
+}
+
+static PyObject *
+portal_self(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyMethodDef portal_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))portal_send_method, METH_FASTCALL,
+     "Step the task: resume it with the value and return the next trap."},
+    {NULL, NULL, 0, NULL},
+};
+
+#define MEMBER(name, field_) \
+    {name, T_OBJECT, offsetof(PortalObject, field_), 0, NULL}
+
+static PyMemberDef portal_members[] = {
+    MEMBER("coro", coro),
+    MEMBER("fn", fn),
+    MEMBER("task_id", task_id),
+    MEMBER("_gr", gr),
+    MEMBER("_hub", hub),
+    MEMBER("_park", park),
+    MEMBER("_switch", switch_),
+    MEMBER("_target", target),
+    MEMBER("_result", result),
+    MEMBER("_trap", trap),
+    MEMBER("_awaiting", awaiting),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyAsyncMethods portal_as_async = {
+    .am_await = portal_self,
+    .am_send = portal_am_send,
+};
+
+static PyTypeObject PortalBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "greenportal._speedups.PortalBase",
+    .tp_basicsize = sizeof(PortalObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C half of greenportal's Portal (its stepping fast path).",
+    .tp_new = portal_new,
+    .tp_init = (initproc)portal_init,
+    .tp_dealloc = (destructor)portal_dealloc,
+    .tp_finalize = portal_finalize,
+    .tp_traverse = (traverseproc)portal_traverse,
+    .tp_clear = (inquiry)portal_clear,
+    .tp_weaklistoffset = offsetof(PortalObject, weakreflist),
+    .tp_iter = portal_self,
+    .tp_iternext = portal_iternext,
+    .tp_as_async = &portal_as_async,
+    .tp_methods = portal_methods,
+    .tp_members = portal_members,
+};
+
+/* ---- the portal greenlet's side -------------------------------------------- */
+
+/* Park `trap` on the portal behind `ref` and switch to its hub with PARKED.
+ * Consumes `portal` and `trap`.  Returns the hub's value, or NULL with the
+ * exception it threw in. */
+static PyObject *
+park(PortalObject *portal, PyObject *trap)
+{
+    Py_XSETREF(portal->trap, trap);
+    PyObject *switch_ = Py_NewRef(field(portal->park));
+    Py_DECREF(portal);
+    /* Nothing of the task's is referenced from this frame now. */
+    PyObject *res = PyObject_CallOneArg(switch_, g_parked);
+    Py_DECREF(switch_);
+    return res;
+}
+
+/* drive_coroutine(ref, value): step the portal's coroutine until it returns
+ * (its value) or raises.  The Python twin is _portal._drive_coroutine. */
+static PyObject *
+drive_coroutine(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "drive_coroutine(ref, value)");
+        return NULL;
+    }
+    PyObject *ref = args[0];
+    PyObject *value = Py_NewRef(args[1]);
+    PyObject *exc = NULL;
+    for (;;) {
+        PortalObject *portal = deref(ref);
+        if (portal == NULL) {
+            Py_XDECREF(value);
+            Py_XDECREF(exc);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            /* Being finalized: the coroutine is closed by its own finalizer. */
+            Py_RETURN_NONE;
+        }
+        PyObject *coro = Py_NewRef(field(portal->coro));
+        Py_DECREF(portal);
+        PyObject *trap;
+        PySendResult status;
+        if (exc == NULL) {
+            status = PyIter_Send(coro, value, &trap);
+            Py_CLEAR(value);
+        }
+        else {
+            status = throw_into(coro, exc, &trap);
+            exc = NULL;
+        }
+        Py_DECREF(coro);
+        if (status != PYGEN_NEXT) {
+            return trap; /* the return value, or NULL with the exception */
+        }
+        portal = deref(ref);
+        if (portal == NULL) {
+            Py_DECREF(trap);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        PyObject *res = park(portal, trap);
+        if (res != NULL) {
+            value = res;
+            continue;
+        }
+        if (PyErr_ExceptionMatches(g_detach) || PyErr_ExceptionMatches(g_greenlet_exit)) {
+            return NULL;
+        }
+        exc = take_exception();
+        if (exc == NULL) {
+            return NULL;
+        }
+    }
+}
+
+/* await_'s loop (the Python twin is _portal._drive_await): run the portal's
+ * current awaitable (portal->awaiting) to completion on this greenlet.
+ * Consumes `outer`, which goes back into portal->awaiting when the wait ends.
+ * Unlike the Python twin, no portal reference is held while the awaitable
+ * runs either (a nested await_ may suspend inside it). */
+static PyObject *
+drive_await_impl(PyObject *ref, PyObject *outer)
+{
+    PyObject *value = Py_NewRef(Py_None);
+    PyObject *exc = NULL;
+    PyObject *result = NULL;
+    PortalObject *portal;
+    for (;;) {
+        portal = deref(ref);
+        if (portal == NULL) {
+            goto gone;
+        }
+        PyObject *it = Py_NewRef(field(portal->awaiting));
+        Py_DECREF(portal);
+        PyObject *trap;
+        PySendResult status;
+        if (exc == NULL) {
+            status = PyIter_Send(it, value, &trap);
+            Py_CLEAR(value);
+        }
+        else {
+            status = throw_into(it, exc, &trap);
+            exc = NULL;
+        }
+        Py_DECREF(it);
+        if (status != PYGEN_NEXT) {
+            result = trap; /* the value, or NULL with the exception set */
+            break;
+        }
+        portal = deref(ref);
+        if (portal == NULL) {
+            Py_DECREF(trap);
+            goto gone;
+        }
+        PyObject *res = park(portal, trap);
+        if (res != NULL) {
+            value = res;
+        }
+        else {
+            exc = take_exception();
+            if (exc == NULL) {
+                Py_DECREF(outer);
+                return NULL;
+            }
+        }
+    }
+    /* finally: put the outer awaitable back. */
+    portal = deref(ref);
+    if (portal != NULL) {
+        Py_XSETREF(portal->awaiting, outer);
+        Py_DECREF(portal);
+        return result;
+    }
+    Py_DECREF(outer);
+    if (result != NULL && PyErr_Occurred()) {
+        Py_CLEAR(result);
+    }
+    return result;
+
+gone:
+    /* The portal was dropped without close() (finalized on another thread):
+     * unwind the sync frames above us. */
+    Py_XDECREF(value);
+    Py_DECREF(outer);
+    if (PyErr_Occurred()) {
+        Py_XDECREF(exc);
+        return NULL;
+    }
+    if (exc == NULL) {
+        exc = PyObject_CallNoArgs(g_greenlet_exit);
+        if (exc == NULL) {
+            return NULL;
+        }
+    }
+    raise_exception(exc);
+    return NULL;
+}
+
+static PyObject *
+drive_await(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "drive_await(ref, outer)");
+        return NULL;
+    }
+    return drive_await_impl(args[0], Py_NewRef(args[1]));
+}
+
+/* Does the portal serve the running asyncio task (see Portal.task_id)? */
+static int
+serves_current_task(PortalObject *portal)
+{
+    PyObject *task_id = field(portal->task_id);
+    if (task_id == Py_None || g_current_task == NULL) {
+        return 1;
+    }
+    PyObject *task = PyObject_CallNoArgs(g_current_task);
+    if (task == NULL) {
+        return -1;
+    }
+    void *want = PyLong_AsVoidPtr(task_id);
+    Py_DECREF(task);
+    if (want == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    return want == (void *)task;
+}
+
+/* await_box([aw]): await_'s fast path.  The awaitable comes in a one-item
+ * list that the Python wrapper (_portal.await_) no longer references any
+ * other way: on the fast path it is taken out of the list, so that while
+ * the task is suspended no frame on the portal greenlet's stack holds it
+ * (an argument of a C call stays on the caller's stack until the call
+ * returns, and the cycle collector cannot see into a suspended greenlet).
+ * Returns SLOW, leaving the list as it was, when the current greenlet is not
+ * a portal greenlet of the running task: the wrapper then calls
+ * _await_slow. */
+static PyObject *
+await_box(PyObject *module, PyObject *box)
+{
+    if (g_getcurrent == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenportal._speedups is not configured");
+        return NULL;
+    }
+    if (!PyList_CheckExact(box) || PyList_GET_SIZE(box) != 1) {
+        PyErr_SetString(PyExc_TypeError, "await_box() needs a list of one awaitable");
+        return NULL;
+    }
+    PyObject *current = PyObject_CallNoArgs(g_getcurrent);
+    if (current == NULL) {
+        return NULL;
+    }
+    PyObject *ref;
+    int found = get_optional_attr(current, s_portal_ref, &ref);
+    Py_DECREF(current);
+    if (found < 0) {
+        return NULL;
+    }
+    if (ref == NULL) {
+        return Py_NewRef(g_slow);
+    }
+    PortalObject *portal = deref(ref);
+    if (portal == NULL) {
+        Py_DECREF(ref);
+        return PyErr_Occurred() ? NULL : Py_NewRef(g_slow);
+    }
+    int ok = serves_current_task(portal);
+    if (ok <= 0) {
+        Py_DECREF(portal);
+        Py_DECREF(ref);
+        return ok < 0 ? NULL : Py_NewRef(g_slow);
+    }
+    PyObject *aw = PyList_GET_ITEM(box, 0);
+    PyObject *it;
+    if (PyCoro_CheckExact(aw)) {
+        it = Py_NewRef(aw);
+    }
+    else {
+        it = PyObject_CallOneArg(g_awaitable_iter, aw);
+        if (it == NULL) {
+            Py_DECREF(portal);
+            Py_DECREF(ref);
+            return NULL;
+        }
+    }
+    if (PyList_SetSlice(box, 0, 1, NULL) < 0) {
+        Py_DECREF(it);
+        Py_DECREF(portal);
+        Py_DECREF(ref);
+        return NULL;
+    }
+    PyObject *outer = portal->awaiting != NULL ? portal->awaiting : Py_NewRef(Py_None);
+    portal->awaiting = it;
+    Py_DECREF(portal);
+    PyObject *result = drive_await_impl(ref, outer);
+    Py_DECREF(ref);
+    return result;
+}
+
+/* ---- replacing a C Task's coroutine (see _ctask.py) ---------------------- */
+
+/* swap_coro(task, offset, old, new): if the pointer at `offset` bytes into
+ * `task` is `old`, make it `new` and check that task.get_coro() now returns
+ * `new` (else put `old` back).  Returns 1 on success, 0 if the pre-write
+ * check failed (nothing written), -1 if the task did not see the write (it
+ * was undone).  The caller keeps `old` alive, so dropping the task's
+ * reference to it here cannot free it. */
+static PyObject *
+swap_coro(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "swap_coro(task, offset, old, new)");
+        return NULL;
+    }
+    PyObject *task = args[0], *old = args[2], *new = args[3];
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (offset < (Py_ssize_t)sizeof(PyObject) || offset % (Py_ssize_t)sizeof(PyObject *) != 0 ||
+        offset + (Py_ssize_t)sizeof(PyObject *) > Py_TYPE(task)->tp_basicsize) {
+        PyErr_Format(PyExc_ValueError, "greenportal: bad coroutine offset %zd for %s", offset,
+                     Py_TYPE(task)->tp_name);
+        return NULL;
+    }
+    PyObject **slot = (PyObject **)((char *)task + offset);
+    if (*slot != old) {
+        return PyLong_FromLong(0);
+    }
+    *slot = Py_NewRef(new);
+    PyObject *now = PyObject_CallMethodNoArgs(task, s_get_coro);
+    int seen = now == new;
+    Py_XDECREF(now);
+    if (!seen) {
+        *slot = old;
+        Py_DECREF(new);
+        if (now == NULL) {
+            return NULL;
+        }
+        return PyLong_FromLong(-1);
+    }
+    Py_DECREF(old);
+    return PyLong_FromLong(1);
+}
+
+/* ---- configuration ------------------------------------------------------- */
+
+static PyObject *
+configure(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"getcurrent", "parked", "returned", "finished", "detach",
+                             "greenlet_exit", "slow", "awaitable_iter", "greenlet_class", "worker",
+                             "pool_limit", NULL};
+    PyObject *getcurrent, *parked, *returned, *finished, *detach, *greenlet_exit, *slow,
+        *awaitable_iter, *greenlet_class, *worker;
+    Py_ssize_t pool_limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOn:configure", kwlist, &getcurrent,
+                                     &parked, &returned, &finished, &detach, &greenlet_exit,
+                                     &slow, &awaitable_iter, &greenlet_class, &worker,
+                                     &pool_limit)) {
+        return NULL;
+    }
+    PyObject *finished_switch = PyObject_GetAttrString(finished, "switch");
+    if (finished_switch == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(g_getcurrent, Py_NewRef(getcurrent));
+    Py_XSETREF(g_parked, Py_NewRef(parked));
+    Py_XSETREF(g_returned, Py_NewRef(returned));
+    Py_XSETREF(g_finished, Py_NewRef(finished));
+    Py_XSETREF(g_finished_switch, finished_switch);
+    Py_XSETREF(g_detach, Py_NewRef(detach));
+    Py_XSETREF(g_greenlet_exit, Py_NewRef(greenlet_exit));
+    Py_XSETREF(g_slow, Py_NewRef(slow));
+    Py_XSETREF(g_awaitable_iter, Py_NewRef(awaitable_iter));
+    Py_XSETREF(g_greenlet_class, Py_NewRef(greenlet_class));
+    Py_XSETREF(g_worker, Py_NewRef(worker));
+    g_pool_limit = pool_limit;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+set_current_task(PyObject *module, PyObject *fn)
+{
+    Py_XSETREF(g_current_task, fn == Py_None ? NULL : Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
+     "Hand the module the Python objects it works with (called once by _portal)."},
+    {"set_current_task", set_current_task, METH_O,
+     "Set the function that returns the running asyncio task (None: no check)."},
+    {"drive_coroutine", (PyCFunction)(void (*)(void))drive_coroutine, METH_FASTCALL,
+     "drive_coroutine(ref, value): run a portal's coroutine on its greenlet."},
+    {"drive_await", (PyCFunction)(void (*)(void))drive_await, METH_FASTCALL,
+     "drive_await(ref, outer): run the portal's current awaitable to completion."},
+    {"await_box", await_box, METH_O, "await_box([aw]): the fast path of greenportal.await_."},
+    {"acquire", acquire, METH_O, "acquire(hub): an idle portal greenlet parented to hub, or a new one."},
+    {"release", release, METH_O, "release(gr): park an idle portal greenlet in this thread's pool."},
+    {"swap_coro", (PyCFunction)(void (*)(void))swap_coro, METH_FASTCALL,
+     "swap_coro(task, offset, old, new): replace a C Task's coroutine, checked."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "greenportal._speedups",
+    .m_doc = "The portal's hot path in C; see greenportal._portal.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (PyType_Ready(&PortalBase_Type) < 0) {
+        return NULL;
+    }
+    s_portal_ref = PyUnicode_InternFromString("portal_ref");
+    s_throw = PyUnicode_InternFromString("throw");
+    s_dead = PyUnicode_InternFromString("dead");
+    s_value = PyUnicode_InternFromString("value");
+    s_finalize = PyUnicode_InternFromString("_finalize");
+    s_parent = PyUnicode_InternFromString("parent");
+    s_gr_context = PyUnicode_InternFromString("gr_context");
+    s_switch = PyUnicode_InternFromString("switch");
+    s_get_coro = PyUnicode_InternFromString("get_coro");
+    s_init_names[0] = PyUnicode_InternFromString("coro");
+    s_init_names[1] = PyUnicode_InternFromString("fn");
+    s_init_names[2] = PyUnicode_InternFromString("task_id");
+    if (!s_init_names[0] || !s_init_names[1] || !s_init_names[2]) {
+        return NULL;
+    }
+    s_pool_key = PyUnicode_InternFromString("greenportal._speedups.idle_greenlets");
+    if (!s_portal_ref || !s_throw || !s_dead || !s_value || !s_finalize || !s_parent ||
+        !s_gr_context || !s_switch || !s_get_coro || !s_pool_key) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObject(m, "PortalBase", Py_NewRef((PyObject *)&PortalBase_Type)) < 0) {
+        Py_DECREF(&PortalBase_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
