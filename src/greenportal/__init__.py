@@ -11,6 +11,10 @@ Module map: ``_portal`` (the greenlet portal and ``await_``), ``_api``
 interface), ``_ctask`` (the checked write into asyncio's C Task),
 ``_blocking`` (blocking APIs from async ones), ``_threads`` (await_ outside
 portals; ``to_thread``), ``_runner`` (the background event loop).
+
+pytest loads ``greenportal.pytest_plugin`` from an entry point, and would
+then warn that this package, when imported before pytest started, cannot have
+its asserts rewritten: PYTEST_DONT_REWRITE says that it need not.
 """
 
 # Portal greenlets speak SQLAlchemy's greenlet protocol (see greenportal.sqlalchemy);
