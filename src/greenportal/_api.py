@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from . import _backends
+from . import _backends, _portal
 from ._portal import Portal, _strip_own_frame, find_portal_in, portal_of_current_task
 
 P = ParamSpec("P")
@@ -111,14 +111,13 @@ async def with_portal_run(
     Otherwise a portal is made for the duration of the call and removed when
     it returns.  No checkpoint is added.
     """
-    if portal_of_current_task() is not None:
+    task_id = _portal.inline_task_id()
+    if task_id is _portal._HAS_PORTAL:
         return await async_fn(*args, **kwargs)
-    backend, task = _backends.current_backend_and_task()
-    backend.prepare()
     aw = async_fn(*args, **kwargs)
     coro = aw if isinstance(aw, Coroutine) else _adapt(aw)
     try:
-        return await cast(Awaitable[T], Portal(coro, None, backend.task_id(task)))
+        return await cast(Awaitable[T], Portal(coro, None, task_id))
     except BaseException as error:
         _strip_own_frame(error)
         raise
@@ -131,13 +130,12 @@ async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs:
     Otherwise it runs on a portal made for the duration of the call.  No
     checkpoint is added beyond the ``await_`` calls *sync_fn* makes.
     """
-    if portal_of_current_task() is not None:
+    task_id = _portal.inline_task_id()
+    if task_id is _portal._HAS_PORTAL:
         return sync_fn(*args, **kwargs)
-    backend, task = _backends.current_backend_and_task()
-    backend.prepare()
     call = functools.partial(sync_fn, *args, **kwargs) if args or kwargs else sync_fn
     try:
-        return await cast(Awaitable[T], Portal(None, call, backend.task_id(task)))
+        return await cast(Awaitable[T], Portal(None, call, task_id))
     except BaseException as error:
         _strip_own_frame(error)
         raise

@@ -69,7 +69,14 @@ class AsyncioBackend(Backend):
         self._asyncio = asyncio
         self._pytask: type | None = getattr(asyncio.tasks, "_PyTask", None)
         self._ctask: type | None = getattr(asyncio.tasks, "_CTask", None)
-        _portal.bind_current_asyncio_task(asyncio.current_task)
+        prepare_loop = None
+        if sys.version_info >= (3, 12):
+            from . import _eager
+
+            prepare_loop = _eager.guard_loop
+        _portal.bind_current_asyncio_task(
+            asyncio.current_task, asyncio._get_running_loop, prepare_loop
+        )
 
     def current_task(self) -> object | None:
         try:

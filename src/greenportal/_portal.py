@@ -117,12 +117,20 @@ def _current_asyncio_task() -> object:
     return None
 
 
-def bind_current_asyncio_task(current_task: Callable[[], object]) -> None:
-    """Tell await_'s fast path how to find the running asyncio task."""
+def bind_current_asyncio_task(
+    current_task: Callable[..., object],
+    get_running_loop: Callable[[], object],
+    prepare_loop: Callable[[Any], None] | None,
+) -> None:
+    """Tell the fast paths how to find asyncio's running task and loop.
+
+    *prepare_loop* is what the asyncio backend's ``prepare()`` calls on the
+    running loop before a portal is made there (None: nothing).
+    """
     global _current_asyncio_task
     _current_asyncio_task = current_task
     if _speedups is not None:
-        _speedups.set_current_task(current_task)
+        _speedups.set_current_task(current_task, get_running_loop, prepare_loop)
 
 
 _CO_ITERABLE_COROUTINE = 0x100  # inspect.CO_ITERABLE_COROUTINE
@@ -803,6 +811,27 @@ def portal_of_current_task() -> Portal | None:
     return None
 
 
+# What inline_task_id() returns when the current task already has a portal.
+_HAS_PORTAL: Any = object()
+
+
+def _inline_task_id_slow() -> int | None:
+    backend, task = _backends.current_backend_and_task()
+    backend.prepare()
+    return backend.task_id(task)
+
+
+def inline_task_id() -> Any:
+    """For a portal made inline (``with_portal_run`` and friends) in the current task.
+
+    Returns ``_HAS_PORTAL`` if the current task already has a portal, else the
+    ``task_id`` the new portal records.  Raises RuntimeError outside a task.
+    """
+    if portal_of_current_task() is not None:
+        return _HAS_PORTAL
+    return _inline_task_id_slow()
+
+
 def find_portal_in(coro: object) -> Portal | None:
     """The portal in a (suspended) task's coroutine or await chain, if any."""
     seen = 0
@@ -822,6 +851,19 @@ def find_portal_in(coro: object) -> Portal | None:
 _SLOW: Any = object()  # what _speedups.await_box returns for "use _await_slow"
 
 if not TYPE_CHECKING and _speedups is not None:
+    _run_job = _speedups.run_job
+
+    def _worker(value):
+        # The compiled twin of _worker above: one C call per job.  It stays a
+        # Python frame on purpose: Trio decides whether Ctrl-C may interrupt
+        # code by walking its frames' callers, and the jobs' frames must find
+        # this one (marked unprotected by the Trio backend) at the bottom.
+        me = getcurrent()
+        while True:
+            value = _run_job(me, value)
+            if value is _RETURNED or value is _RAISED:
+                return value  # the pool is full: end this greenlet
+
     _speedups.configure(
         getcurrent=getcurrent,
         parked=_PARKED,
@@ -834,7 +876,13 @@ if not TYPE_CHECKING and _speedups is not None:
         greenlet_class=PortalGreenlet,
         worker=_worker,
         pool_limit=_POOL_LIMIT,
+        raised=_RAISED,
+        no_portal=_NO_PORTAL,
+        has_portal=_HAS_PORTAL,
+        inline_slow=_inline_task_id_slow,
     )
+    inline_task_id = _speedups.inline_task_id
+    portal_of_current_task = _speedups.portal_of_current_task
     _acquire = _speedups.acquire
     _release = _speedups.release
     _backends._ctask._swap_coro = _speedups.swap_coro

@@ -65,11 +65,17 @@ static PyObject *g_detach;         /* _Detach (exception class) */
 static PyObject *g_greenlet_exit;  /* greenlet.GreenletExit */
 static PyObject *g_awaitable_iter; /* _awaitable_iter(aw) */
 static PyObject *g_current_task;   /* asyncio.current_task, or NULL */
+static PyObject *g_running_loop;   /* asyncio._get_running_loop, or NULL */
+static PyObject *g_prepare_loop;   /* _eager.guard_loop (3.12+), or NULL */
+static PyObject *g_has_portal;     /* _HAS_PORTAL */
+static PyObject *g_inline_slow;    /* _inline_task_id_slow */
 static PyObject *g_slow;           /* what await_box returns for "take the slow path" */
 
 static PyObject *g_greenlet_class; /* PortalGreenlet */
 static PyObject *g_worker;         /* _worker, the body of every portal greenlet */
 static Py_ssize_t g_pool_limit;    /* _POOL_LIMIT */
+static PyObject *g_raised;         /* _RAISED */
+static PyObject *g_no_portal;      /* _NO_PORTAL, an always-dead weak reference */
 
 static PyObject *s_portal_ref, *s_throw, *s_dead, *s_value, *s_finalize, *s_parent,
     *s_gr_context, *s_switch, *s_get_coro, *s_pool_key;
@@ -761,14 +767,9 @@ park(PortalObject *portal, PyObject *trap)
 /* drive_coroutine(ref, value): step the portal's coroutine until it returns
  * (its value) or raises.  The Python twin is _portal._drive_coroutine. */
 static PyObject *
-drive_coroutine(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+drive_coroutine_impl(PyObject *ref, PyObject *first)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "drive_coroutine(ref, value)");
-        return NULL;
-    }
-    PyObject *ref = args[0];
-    PyObject *value = Py_NewRef(args[1]);
+    PyObject *value = Py_NewRef(first);
     PyObject *exc = NULL;
     for (;;) {
         PortalObject *portal = deref(ref);
@@ -818,6 +819,179 @@ drive_coroutine(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
+}
+
+static PyObject *
+drive_coroutine(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "drive_coroutine(ref, value)");
+        return NULL;
+    }
+    return drive_coroutine_impl(args[0], args[1]);
+}
+
+/* run_job(me, value): run one job of the portal greenlet `me` (its portal's
+ * coroutine, or its sync function) to the end, hand the outcome to the hub,
+ * and wait idle in the pool for the next job, whose first value it returns.
+ * Returns the outcome's marker instead when the pool is full: the caller
+ * (the compiled-mode _worker, a Python frame on purpose, see _portal.py)
+ * then returns it and the greenlet ends.  The Python twin is the body of
+ * the pure-Python _worker's loop. */
+static PyObject *
+run_job(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "run_job(me, value)");
+        return NULL;
+    }
+    PyObject *me = args[0], *value = args[1];
+    PyObject *ref = PyObject_GetAttr(me, s_portal_ref);
+    if (ref == NULL) {
+        return NULL;
+    }
+    PortalObject *portal = deref(ref);
+    if (portal == NULL) {
+        Py_DECREF(ref);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "greenportal: a portal greenlet was resumed without a portal");
+        }
+        return NULL;
+    }
+    PyObject *fn = Py_NewRef(field(portal->fn));
+    Py_DECREF(portal);
+    PyObject *result = fn == Py_None ? drive_coroutine_impl(ref, value) : PyObject_CallNoArgs(fn);
+    Py_DECREF(fn);
+    PyObject *marker = g_returned;
+    if (result == NULL) {
+        if (PyErr_ExceptionMatches(g_greenlet_exit)) {
+            /* Killed: our portal was dropped without being closed (finalized
+             * on another thread); the coroutine is closed by its finalizer. */
+            Py_DECREF(ref);
+            return NULL;
+        }
+        if (PyErr_ExceptionMatches(g_detach)) {
+            PyErr_Clear();
+            result = Py_NewRef(Py_None);
+        }
+        else {
+            result = take_exception();
+            marker = g_raised;
+            if (result == NULL) {
+                Py_DECREF(ref);
+                return NULL;
+            }
+        }
+    }
+    portal = deref(ref);
+    Py_DECREF(ref);
+    if (portal == NULL) {
+        /* Being finalized: nobody will read the outcome. */
+        Py_DECREF(result);
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        marker = g_returned;
+    }
+    else {
+        Py_XSETREF(portal->result, result);
+        Py_DECREF(portal);
+    }
+    /* Idle from here: hold nothing of the job's (see "Ownership"). */
+    PyObject *parent = PyObject_GetAttr(me, s_parent);
+    if (parent == NULL) {
+        return NULL;
+    }
+    PyObject *switch_ = PyObject_GetAttr(parent, s_switch);
+    Py_DECREF(parent);
+    if (switch_ == NULL) {
+        return NULL;
+    }
+    if (PyObject_SetAttr(me, s_portal_ref, g_no_portal) < 0 ||
+        PyObject_SetAttr(me, s_gr_context, Py_None) < 0) {
+        Py_DECREF(switch_);
+        return NULL;
+    }
+    PyObject *pool = thread_pool(1);
+    if (pool == NULL && PyErr_Occurred()) {
+        Py_DECREF(switch_);
+        return NULL;
+    }
+    if (pool == NULL || PyList_GET_SIZE(pool) >= g_pool_limit) {
+        Py_DECREF(switch_);
+        return Py_NewRef(marker);
+    }
+    if (PyList_Append(pool, me) < 0) {
+        Py_DECREF(switch_);
+        return NULL;
+    }
+    PyObject *next = PyObject_CallOneArg(switch_, marker);
+    Py_DECREF(switch_);
+    return next;
+}
+
+/* portal_of_current_task(): the twin of _portal.portal_of_current_task. */
+static PyObject *
+portal_of_current_task(PyObject *module, PyObject *unused)
+{
+    PyObject *gr = PyObject_CallNoArgs(g_getcurrent);
+    void *task = NULL;
+    int have_task = 0;
+    while (gr != NULL && gr != Py_None) {
+        PyObject *ref;
+        if (get_optional_attr(gr, s_portal_ref, &ref) < 0) {
+            Py_DECREF(gr);
+            return NULL;
+        }
+        if (ref != NULL) {
+            PortalObject *portal = deref(ref);
+            Py_DECREF(ref);
+            if (portal == NULL && PyErr_Occurred()) {
+                Py_DECREF(gr);
+                return NULL;
+            }
+            if (portal != NULL) {
+                PyObject *task_id = field(portal->task_id);
+                /* Under Trio (task_id None) a task never steps inside another
+                 * task's portal greenlet: being on the chain is proof enough. */
+                if (task_id == Py_None || g_current_task == NULL) {
+                    Py_DECREF(gr);
+                    return (PyObject *)portal;
+                }
+                if (!have_task) {
+                    PyObject *current = PyObject_CallNoArgs(g_current_task);
+                    if (current == NULL) {
+                        Py_DECREF(portal);
+                        Py_DECREF(gr);
+                        return NULL;
+                    }
+                    task = (void *)current;
+                    Py_DECREF(current); /* compared by address only */
+                    have_task = 1;
+                }
+                void *want = PyLong_AsVoidPtr(task_id);
+                if (want == NULL && PyErr_Occurred()) {
+                    Py_DECREF(portal);
+                    Py_DECREF(gr);
+                    return NULL;
+                }
+                if (want == task) {
+                    Py_DECREF(gr);
+                    return (PyObject *)portal;
+                }
+                Py_DECREF(portal);
+            }
+        }
+        PyObject *parent = PyObject_GetAttr(gr, s_parent);
+        Py_DECREF(gr);
+        gr = parent;
+    }
+    if (gr == NULL) {
+        return NULL;
+    }
+    Py_DECREF(gr);
+    Py_RETURN_NONE;
 }
 
 /* await_'s loop (the Python twin is _portal._drive_await): run the portal's
@@ -1057,14 +1231,17 @@ configure(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"getcurrent", "parked", "returned", "finished", "detach",
                              "greenlet_exit", "slow", "awaitable_iter", "greenlet_class", "worker",
-                             "pool_limit", NULL};
+                             "pool_limit", "raised", "no_portal", "has_portal", "inline_slow",
+                             NULL};
     PyObject *getcurrent, *parked, *returned, *finished, *detach, *greenlet_exit, *slow,
-        *awaitable_iter, *greenlet_class, *worker;
+        *awaitable_iter, *greenlet_class, *worker, *raised, *no_portal, *has_portal,
+        *inline_slow;
     Py_ssize_t pool_limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOn:configure", kwlist, &getcurrent,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOnOOOO:configure", kwlist, &getcurrent,
                                      &parked, &returned, &finished, &detach, &greenlet_exit,
                                      &slow, &awaitable_iter, &greenlet_class, &worker,
-                                     &pool_limit)) {
+                                     &pool_limit, &raised, &no_portal, &has_portal,
+                                     &inline_slow)) {
         return NULL;
     }
     PyObject *finished_switch = PyObject_GetAttrString(finished, "switch");
@@ -1083,26 +1260,95 @@ configure(PyObject *module, PyObject *args, PyObject *kwds)
     Py_XSETREF(g_greenlet_class, Py_NewRef(greenlet_class));
     Py_XSETREF(g_worker, Py_NewRef(worker));
     g_pool_limit = pool_limit;
+    Py_XSETREF(g_raised, Py_NewRef(raised));
+    Py_XSETREF(g_no_portal, Py_NewRef(no_portal));
+    Py_XSETREF(g_has_portal, Py_NewRef(has_portal));
+    Py_XSETREF(g_inline_slow, Py_NewRef(inline_slow));
     Py_RETURN_NONE;
 }
 
+/* set_current_task(current_task, get_running_loop, prepare_loop): how to
+ * ask asyncio for the running task and loop, and what to call on a loop
+ * before a portal is made on it (None: nothing). */
 static PyObject *
-set_current_task(PyObject *module, PyObject *fn)
+set_current_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_XSETREF(g_current_task, fn == Py_None ? NULL : Py_NewRef(fn));
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "set_current_task(current_task, get_running_loop, prepare_loop)");
+        return NULL;
+    }
+    Py_XSETREF(g_current_task, Py_NewRef(args[0]));
+    Py_XSETREF(g_running_loop, Py_NewRef(args[1]));
+    Py_XSETREF(g_prepare_loop, args[2] == Py_None ? NULL : Py_NewRef(args[2]));
     Py_RETURN_NONE;
+}
+
+/* inline_task_id(): for a portal made inline (with_portal_run and friends):
+ * HAS_PORTAL if the current task already has a portal, else the task_id the
+ * new portal records.  The asyncio case is answered here; anything else goes
+ * to the Python twin's slow part (_portal._inline_task_id_slow). */
+static PyObject *
+inline_task_id(PyObject *module, PyObject *unused)
+{
+    PyObject *portal = portal_of_current_task(module, NULL);
+    if (portal == NULL) {
+        return NULL;
+    }
+    if (portal != Py_None) {
+        Py_DECREF(portal);
+        return Py_NewRef(g_has_portal);
+    }
+    Py_DECREF(portal);
+    if (g_running_loop != NULL && g_current_task != NULL) {
+        PyObject *loop = PyObject_CallNoArgs(g_running_loop);
+        if (loop == NULL) {
+            return NULL;
+        }
+        if (loop != Py_None) {
+            PyObject *task = PyObject_CallOneArg(g_current_task, loop);
+            if (task == NULL) {
+                Py_DECREF(loop);
+                return NULL;
+            }
+            if (task != Py_None) {
+                if (g_prepare_loop != NULL) {
+                    PyObject *res = PyObject_CallOneArg(g_prepare_loop, loop);
+                    if (res == NULL) {
+                        Py_DECREF(task);
+                        Py_DECREF(loop);
+                        return NULL;
+                    }
+                    Py_DECREF(res);
+                }
+                Py_DECREF(loop);
+                PyObject *task_id = PyLong_FromVoidPtr(task);
+                Py_DECREF(task);
+                return task_id;
+            }
+            Py_DECREF(task);
+        }
+        Py_DECREF(loop);
+    }
+    return PyObject_CallNoArgs(g_inline_slow);
 }
 
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "Hand the module the Python objects it works with (called once by _portal)."},
-    {"set_current_task", set_current_task, METH_O,
-     "Set the function that returns the running asyncio task (None: no check)."},
+    {"set_current_task", (PyCFunction)(void (*)(void))set_current_task, METH_FASTCALL,
+     "set_current_task(current_task, get_running_loop, prepare_loop): bind asyncio."},
+    {"inline_task_id", inline_task_id, METH_NOARGS,
+     "HAS_PORTAL, or the task_id for a new inline portal in the current task."},
     {"drive_coroutine", (PyCFunction)(void (*)(void))drive_coroutine, METH_FASTCALL,
      "drive_coroutine(ref, value): run a portal's coroutine on its greenlet."},
     {"drive_await", (PyCFunction)(void (*)(void))drive_await, METH_FASTCALL,
      "drive_await(ref, outer): run the portal's current awaitable to completion."},
     {"await_box", await_box, METH_O, "await_box([aw]): the fast path of greenportal.await_."},
+    {"run_job", (PyCFunction)(void (*)(void))run_job, METH_FASTCALL,
+     "run_job(me, value): run one job of a portal greenlet, then wait for the next."},
+    {"portal_of_current_task", portal_of_current_task, METH_NOARGS,
+     "The portal through which the current code runs, or None."},
     {"acquire", acquire, METH_O, "acquire(hub): an idle portal greenlet parented to hub, or a new one."},
     {"release", release, METH_O, "release(gr): park an idle portal greenlet in this thread's pool."},
     {"swap_coro", (PyCFunction)(void (*)(void))swap_coro, METH_FASTCALL,
