@@ -393,3 +393,27 @@ def test_driver_greenlets_are_not_left_behind(aio_backend: Backend) -> None:
         if isinstance(o, greenlet.greenlet) and type(o).__name__ == "_Driver" and not o.dead
     ]
     assert drivers == []
+
+
+def test_cancel_scope_reaches_sqlalchemy_await_on_every_backend(backend: Backend) -> None:
+    import anyio
+
+    log: list[str] = []
+
+    def blocked() -> None:
+        try:
+            await_only(anyio.sleep(10))
+        finally:
+            log.append("sync finally")
+
+    async def main() -> int:
+        start = time.monotonic()
+        with anyio.move_on_after(0.05) as scope:
+            await with_portal_run_sync(blocked)
+        assert scope.cancelled_caught
+        assert time.monotonic() - start < 5
+        # The same task can go on using the bridge.
+        return await with_portal_run_sync(lambda: await_only(_value_after_sleep(8)))
+
+    assert backend.run(main) == 8
+    assert log == ["sync finally"]
