@@ -1,153 +1,230 @@
-"""greenportal demo: a synchronous business layer on top of an async database.
+"""greenportal demo: one synchronous application layer, four ways to reach an async database.
 
-Request tasks run plain sync code (``order_summary`` -> ``load_user`` /
-``load_orders`` -> ``query``) that reaches a fake async database, while a
-heartbeat task ticks every 10 ms and records the longest gap between ticks.
+Starts the demo service (``examples/app``: aiohttp handlers over a sync
+services -> repositories -> DB facade layer) on 127.0.0.1 in a child process,
+drives it from this process with concurrent keep-alive connections, and
+prints, for each variant, throughput, p50/p99 latency, the server's CPU time
+per request and the longest stall of its event loop:
 
-1. greenportal: each request runs through a portal and ``query`` calls
-   ``greenportal.await_``; requests overlap and the heartbeat keeps ticking.
-2. Naive bridge, for contrast: ``query`` blocks on a second event loop in a
-   thread; requests run one after another and the heartbeat starves.
+* native      - the layer rewritten with async/await (the reference);
+* portal      - the sync layer as it is, the facade calls greenportal.await_;
+* loop-thread - the facade blocks on a second event loop in a thread;
+* threadpool  - the sync layer runs in a thread pool, the facade hops back.
 
-Usage: ``python examples/demo.py [--quiet]``
+The variants take turns (``--rounds`` passes), so that a burst of other load
+on the machine does not land on one variant only.  The database is SQLite
+(aiosqlite, a temporary file) unless a PostgreSQL DSN is given with ``--dsn``
+or ``DATABASE_URL`` (asyncpg; the demo creates and fills tables named
+``gp_*`` there, dropping earlier ones of those names).
+
+Usage: ``python examples/demo.py [--seconds 12] [--concurrency 50] [--dsn postgresql://...]``
+(or ``python3 scripts/demo.py ...``, which makes a virtualenv with the packages first).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
-import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import greenportal
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-QUERY_TIME = 0.05  # seconds of simulated I/O per query
-TICK = 0.01  # heartbeat period
-USER_IDS = [1, 2, 3, 4, 5, 6]
-QUERIES_PER_REQUEST = 2  # see order_summary
-
-START = time.perf_counter()
-QUIET = False
+from app.load import LoadResult, drive
+from app.process import ServerError, ServerProcess
+from app.server import DESCRIPTIONS, VARIANTS
 
 
-def log(message: str, *, summary: bool = False) -> None:
-    if summary or not QUIET:
-        print(f"[{time.perf_counter() - START:6.3f}s] {message}", flush=True)
+class DemoError(Exception):
+    """Something went wrong; the message says what."""
 
 
-# --- the fake async database -------------------------------------------------
+@dataclass
+class Totals:
+    """One variant's measurements, summed over the rounds."""
+
+    load: LoadResult = field(default_factory=LoadResult)
+    cpu_seconds: float = 0.0
+    stall_ms: float = 0.0
+
+    def add(self, result: LoadResult, cpu_seconds: float, stall_ms: float) -> None:
+        self.load.seconds += result.seconds
+        self.load.latencies += result.latencies
+        self.cpu_seconds += cpu_seconds
+        self.stall_ms = max(self.stall_ms, stall_ms)
+
+    @property
+    def cpu_per_request_ms(self) -> float:
+        return 1000 * self.cpu_seconds / len(self.load.latencies) if self.load.latencies else 0.0
 
 
-async def fetch(table: str, user_id: int) -> list[dict[str, Any]]:
-    await asyncio.sleep(QUERY_TIME)  # network round trip
-    if table == "users":
-        return [{"id": user_id, "name": f"user-{user_id}"}]
-    return [{"user": user_id, "total": 10 * n} for n in range(1, user_id % 3 + 2)]
+class Progress:
+    """A progress bar redrawn in place on a terminal; one line per turn otherwise."""
+
+    WIDTH = 24
+
+    def __init__(self, label: str, seconds: float) -> None:
+        self.label = label
+        self.seconds = seconds
+        self.tty = sys.stdout.isatty()
+
+    def _line(self, done: int, elapsed: float) -> str:
+        filled = min(self.WIDTH, round(self.WIDTH * elapsed / self.seconds))
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        rate = done / elapsed if elapsed else 0.0
+        return f"  {self.label} [{bar}] {done:6d} requests {rate:6.0f} req/s"
+
+    def update(self, done: int, elapsed: float) -> None:
+        if self.tty:
+            print("\r" + self._line(done, elapsed), end="", flush=True)
+
+    def finish(self, done: int, elapsed: float) -> None:
+        print(("\r" if self.tty else "") + self._line(done, elapsed), flush=True)
 
 
-# --- the synchronous business layer (no async, no await) ---------------------
-
-# How the sync layer waits for a coroutine; swapped for the naive run.
-wait: Callable[[Coroutine[Any, Any, Any]], Any] = greenportal.await_
-
-
-def query(table: str, user_id: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = wait(fetch(table, user_id))
-    return rows
-
-
-def load_user(user_id: int) -> dict[str, Any]:
-    return query("users", user_id)[0]
-
-
-def load_orders(user_id: int) -> list[dict[str, Any]]:
-    return query("orders", user_id)
-
-
-def order_summary(user_id: int) -> str:
-    user = load_user(user_id)
-    orders = load_orders(user_id)
-    return f"{user['name']}: {len(orders)} order(s), {sum(o['total'] for o in orders)} EUR"
-
-
-# --- the async application ---------------------------------------------------
-
-
-async def heartbeat(stats: dict[str, float]) -> None:
-    while True:
-        await asyncio.sleep(TICK)
-        now = time.perf_counter()
-        stats["ticks"] += 1
-        stats["max_gap"] = max(stats["max_gap"], now - stats["last"])
-        stats["last"] = now
-
-
-async def request(user_id: int, stats: dict[str, float], *, use_portal: bool) -> str:
-    log(f"request {user_id} start")
-    if use_portal:
-        result = await greenportal.with_portal_run_sync(order_summary, user_id)
-    else:
-        result = order_summary(user_id)  # blocks the loop inside `wait`
-    log(f"request {user_id} done -> {result}  (heartbeat ticks so far: {stats['ticks']:.0f})")
-    return result
-
-
-async def scenario(title: str, *, use_portal: bool) -> list[str]:
-    log(f"--- {title} ---", summary=True)
-    t0 = time.perf_counter()
-    stats = {"ticks": 0.0, "max_gap": 0.0, "last": t0}
-    beat = asyncio.create_task(heartbeat(stats))
-    results = await asyncio.gather(*(request(u, stats, use_portal=use_portal) for u in USER_IDS))
-    end = time.perf_counter()
-    elapsed = end - t0
-    stats["max_gap"] = max(stats["max_gap"], end - stats["last"])
-    beat.cancel()
-    serial = len(USER_IDS) * QUERIES_PER_REQUEST * QUERY_TIME
-    log(
-        f"heartbeat: {stats['ticks']:.0f} ticks in {elapsed:.3f}s "
-        f"(~{elapsed / TICK:.0f} expected), longest gap {stats['max_gap'] * 1000:.0f} ms",
-        summary=True,
+def table(totals: dict[str, Totals]) -> str:
+    native = totals.get("native")
+    base = native.load.requests_per_second if native else 0.0
+    head = (
+        f"{'variant':<12}{'requests':>9}{'req/s':>8}{'vs native':>10}{'p50 ms':>8}"
+        f"{'p99 ms':>8}{'CPU ms/req':>11}{'loop stall ms':>14}"
     )
-    log(
-        f"{len(USER_IDS)} requests x {QUERIES_PER_REQUEST} queries: elapsed {elapsed:.3f}s "
-        f"vs serial sum {serial:.3f}s ({serial / elapsed:.1f}x)",
-        summary=True,
+    lines = [head, "-" * len(head)]
+    for variant, total in totals.items():
+        load = total.load
+        ratio = f"{load.requests_per_second / base:.2f}x" if base else "-"
+        lines.append(
+            f"{variant:<12}{len(load.latencies):>9}{load.requests_per_second:>8.0f}{ratio:>10}"
+            f"{load.percentile(50) * 1000:>8.1f}{load.percentile(99) * 1000:>8.1f}"
+            f"{total.cpu_per_request_ms:>11.2f}{total.stall_ms:>14.0f}"
+        )
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    quiet = args.quiet
+
+    def say(text: str = "") -> None:
+        if not quiet:
+            print(text, flush=True)
+
+    say("greenportal demo: one sync application layer, four ways to reach an async database")
+    say("starting the service and filling its database...")
+    per_round = args.seconds / args.rounds
+    totals = {variant: Totals() for variant in args.variants}
+    server = ServerProcess(args.variants, dsn=args.dsn, latency_ms=args.latency_ms)
+    try:
+        await server.start()
+    except ServerError as error:
+        raise DemoError(str(error)) from error
+    try:
+        say(f"  service:  http://127.0.0.1:{server.port}/  (pid {server.pid})")
+        say(f"  database: {server.database}")
+        say(
+            f"  load:     {args.concurrency} concurrent connections, {args.seconds:g} s per variant"
+            f" in {args.rounds} turns; every request makes 5 SQL queries"
+        )
+        say()
+        for turn in range(args.rounds):
+            for index, variant in enumerate(args.variants):
+                seed = 1 + turn * len(args.variants) + index
+                if args.warmup > 0:
+                    await drive(
+                        "127.0.0.1",
+                        server.port,
+                        variant,
+                        concurrency=args.concurrency,
+                        seconds=args.warmup,
+                        seed=seed + 1_000,
+                    )
+                before = await server.stats()
+                label = f"turn {turn + 1}/{args.rounds}  {variant:<11}"
+                progress = Progress(label, per_round)
+                result = await drive(
+                    "127.0.0.1",
+                    server.port,
+                    variant,
+                    concurrency=args.concurrency,
+                    seconds=per_round,
+                    seed=seed,
+                    progress=None if quiet else progress.update,
+                    progress_every=0.2,
+                )
+                after = await server.stats()
+                if not quiet:
+                    progress.finish(len(result.latencies), result.seconds)
+                if result.errors:
+                    raise DemoError(
+                        f"{result.errors} request(s) to {variant} failed; first: "
+                        f"{result.first_error}"
+                    )
+                cpu = after["cpu_seconds"] - before["cpu_seconds"]
+                totals[variant].add(result, cpu, after["max_loop_stall_ms"])
+    finally:
+        await server.stop()
+    say()
+    print(table(totals))
+    say()
+    for variant in totals:
+        say(f"  {variant:<11} {DESCRIPTIONS[variant]}")
+    say(
+        "  CPU ms/req: the server process's CPU time (all its threads) per request;\n"
+        "  loop stall: the longest time the server's event loop could not run other tasks.\n"
+        "  One run on a busy machine is noisy; benchmarks/macro.py repeats and takes medians."
     )
-    return results
+    return 0
 
 
-class BlockingBridge:
-    """The naive way: run each coroutine on a second event loop, block until done."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def __call__(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-
-def main() -> None:
-    global QUIET, wait
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
-    QUIET = parser.parse_args().quiet
-
-    good = asyncio.run(scenario("greenportal: await_ through a portal", use_portal=True))
-
-    wait = bridge = BlockingBridge()
-    bad = asyncio.run(scenario("naive: second loop in a thread, .result()", use_portal=False))
-    bridge.close()
-    log(f"same answers both ways: {good == bad}", summary=True)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="The database is SQLite in a temporary file unless --dsn or DATABASE_URL is set.",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=9.0, help="measured seconds per variant (default 9)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="turns the variants take (default 3)")
+    parser.add_argument(
+        "--warmup", type=float, default=0.3, help="unmeasured seconds before each turn"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="concurrent connections (default 50)"
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="postgresql://user:password@host:port/dbname (default: $DATABASE_URL, else SQLite)",
+    )
+    parser.add_argument(
+        "--variants",
+        type=lambda text: text.split(","),
+        default=list(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="add this wait to every query, as if the database were on another host",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the table")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.seconds <= 0 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--seconds must be positive, --concurrency and --rounds at least 1")
+    try:
+        return asyncio.run(run(args))
+    except DemoError as error:
+        print(f"\ndemo failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

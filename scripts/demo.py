@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Install greenportal into ``.venv-demo`` and run ``examples/demo.py``.
+"""Install greenportal and the demo's packages into ``.venv-demo``; run ``examples/demo.py``.
 
 Usage::
 
-    python3 scripts/demo.py [DEMO_ARGS...]     # e.g. --quiet
+    python3 scripts/demo.py [DEMO_ARGS...]
+    python3 scripts/demo.py --seconds 20 --concurrency 100
+    python3 scripts/demo.py --dsn postgresql://user:password@localhost/shop
+    python3 scripts/demo.py --help            # the demo's own options
+
+The demo serves an aiohttp application whose sync business layer reaches an
+async database in four ways, loads it with concurrent requests and prints a
+table of throughput and latency (see ``examples/demo.py``).  It needs no
+database server: SQLite in a temporary file is the default.
 
 Creates the virtualenv ``.venv-demo`` in the repository root (or reuses it),
-installs the project into it with ``pip install .`` and runs the demo with
-the virtualenv's Python, passing DEMO_ARGS on.  Standard library only.  Uses
-the Python running this script if it is 3.10 or newer, else the newest
-CPython 3.10-3.13 found as ``python3.X`` on PATH or under pyenv.
+installs the project with its ``demo`` extra into it (``pip install
+'.[demo]'``: aiohttp, aiosqlite, asyncpg) and runs the demo with the
+virtualenv's Python, passing DEMO_ARGS on.  Standard library only.  Uses the
+Python running this script if it is 3.10 or newer, else the newest CPython
+3.10-3.13 found as ``python3.X`` on PATH or under pyenv.
 """
 
 from __future__ import annotations
@@ -93,8 +102,8 @@ def main() -> int:
             hint = " (on Debian/Ubuntu: apt-get install python3-venv)" if not IS_WINDOWS else ""
             sys.exit(f"could not create {VENV}{hint}")
     python = str(venv_python())
-    say("installing greenportal into it (pip install .)")
-    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "."])
+    say("installing greenportal and the demo's packages into it (pip install '.[demo]')")
+    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", ".[demo]"])
     say(f"running {DEMO.relative_to(ROOT)}")
     try:
         return subprocess.run([python, str(DEMO), *sys.argv[1:]], check=False).returncode
