@@ -108,7 +108,14 @@ class _Driver(greenlet.greenlet):
 
 def enable() -> None:
     """Let SQLAlchemy's asyncio extension run from sync code in portals (the default)."""
-    setattr(PortalGreenlet, _ATTRIBUTE, _PROVIDER)
+    try:
+        setattr(PortalGreenlet, _ATTRIBUTE, _PROVIDER)
+    except (TypeError, AttributeError) as error:  # pragma: no cover - a build without it
+        raise RuntimeError(
+            "greenportal.sqlalchemy cannot mark portal greenlets for SQLAlchemy in this "
+            f"build of greenportal ({error}); SQLAlchemy's lazy loads will raise "
+            "MissingGreenlet in portals; await SQLAlchemy's async API with await_() instead"
+        ) from error
 
 
 def disable() -> None:
@@ -122,4 +129,7 @@ def is_enabled() -> bool:
     return PortalGreenlet.__dict__.get(_ATTRIBUTE) is _PROVIDER
 
 
-enable()
+try:
+    enable()
+except RuntimeError:  # pragma: no cover - importing greenportal must not fail over this
+    pass
