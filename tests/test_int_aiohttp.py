@@ -129,9 +129,9 @@ def echo_sync(sock: web.WebSocketResponse) -> None:
 
 
 @asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
+async def serve(app: web.Application, **kwargs: Any) -> AsyncIterator[str]:
     """Serve *app* on a free 127.0.0.1 port; yield its base URL."""
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, **kwargs)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -312,3 +312,38 @@ def test_middleware_is_free_when_the_task_already_has_a_portal(aio_backend: Back
                 assert (resp.status, await resp.text()) == (200, "done")
 
     aio_backend.run(main)
+
+
+def test_client_disconnect_cancels_the_sync_code(aio_backend: Backend) -> None:
+    """With handler_cancellation, a dropped client cancels the handler inside await_."""
+    log: list[str] = []
+
+    def stuck() -> None:
+        try:
+            await_(asyncio.sleep(30))
+        finally:
+            log.append("sync finally")
+
+    async def main() -> None:
+        entered = asyncio.Event()
+
+        async def handler(request: web.Request) -> web.Response:
+            entered.set()
+            stuck()
+            return web.Response(text="unreachable")
+
+        app = web.Application(middlewares=[portal_middleware])
+        app.router.add_get("/stuck", handler)
+        async with serve(app, handler_cancellation=True) as url:
+            async with aiohttp.ClientSession() as client:
+                request = asyncio.ensure_future(client.get(f"{url}/stuck"))
+                await asyncio.wait_for(entered.wait(), 10)
+                request.cancel()  # the client goes away
+                with pytest.raises(asyncio.CancelledError):
+                    await request
+            deadline = time.monotonic() + 10
+            while not log and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+
+    aio_backend.run(main)
+    assert log == ["sync finally"]
