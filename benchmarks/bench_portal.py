@@ -167,6 +167,17 @@ class Builder:
         self.add("floor_switch", "floor", switch_pair)
         self.add("floor_greenlet", "floor", new_greenlet)
         self.add("checkpoint", "native", self.native_checkpoints(n))
+        if self.loop.name != "trio":  # Trio steps only real coroutines
+            checkpoints = self.native_checkpoints(n)
+
+            async def shim_steps() -> float:
+                import asyncio
+
+                shim = _common.MinimalShim(checkpoints())
+                task = asyncio.get_running_loop().create_task(shim)  # type: ignore[arg-type]
+                return await task  # type: ignore[no-any-return]
+
+            self.add("floor_shim", "floor", shim_steps)
         self.add("await_noyield", "native", self.native_awaits(_no_yield, n))
         self.add("await_ten", "native", self.native_awaits(lambda: traps(10), n // 10))
         for name, impl in self.impls.items():

@@ -57,6 +57,7 @@ MAIN_ROWS = (
     Row("floor_switch", "greenlet switch pair (the floor)", ratios=()),
     Row("floor_greenlet", "new greenlet running an empty function", ratios=()),
     Row("checkpoint", "native checkpoint", floor="floor_switch", ratios=()),
+    Row("floor_shim", "checkpoint in a minimal-shim task [5]", "checkpoint", ratios=()),
     Row(
         "step_ensure_portal",
         "checkpoint in a portal task: ensure_portal",
@@ -131,6 +132,8 @@ MAIN_NOTES = """\
 [3] SQLAlchemy: greenlet_spawn(empty); awaitlet: async_def(empty).
 [4] native: a new task that checkpoints once; the others: a new task whose only
     statement is `await ensure_portal()` (itself a checkpoint), minus native.
+[5] floor column: a task whose coroutine is stepped by benchmarks/_common.py's
+    MinimalShim (one switch pair per step and nothing else): the in-loop floor.
 greenback's tree portals (with_portal_run_tree) exist on Trio only."""
 
 
@@ -309,8 +312,12 @@ class Target:
     limit: float | None
     detail: str = ""
     strict: bool = False  # value must be below the limit, not at it
+    info: bool = False  # a reference figure, not one of the issue's targets
 
     def line(self) -> str:
+        if self.info:
+            shown = "-" if self.value is None else f"{self.value:.2f}"
+            return f"  info  {self.text:<66}{shown:>7}  {self.detail}"
         if self.value is None or self.limit is None:
             verdict, shown = "n/a ", "-"
         else:
@@ -381,6 +388,27 @@ def targets(timings: Timings, memory: Memory, loop: str) -> list[Target]:
                 _div(step, floor),
                 1.5,
                 f"overhead {_us(step)}",
+            )
+        )
+    shim = t("floor_shim", "floor", "checkpoint")
+    if shim is not None:
+        step = t("step_ensure_portal", "greenportal", "checkpoint")
+        out.append(
+            Target(
+                "checkpoint step overhead (ensure_portal) / minimal shim's",
+                _div(step, shim),
+                None,
+                f"minimal shim {_us(shim)} = {_div(shim, floor) or 0:.2f} x floor",
+                info=True,
+            )
+        )
+        out.append(
+            Target(
+                "await_ overhead / minimal shim's step overhead",
+                _div(ov_gp, shim),
+                None,
+                "(await_ also drives a coroutine; the shim only steps one)",
+                info=True,
             )
         )
     create = t("create_sync", "greenportal")

@@ -11,6 +11,9 @@ creates or reuses ``.venv-test-3.X`` in the repository root, installs
 ``-e .[test]`` into it and runs ``python -m pytest PYTEST_ARGS``.  Then, once,
 on the newest version found:
 
+* the suite again with ``GREENPORTAL_PURE_PYTHON=1`` (the pure-Python twin
+  of the C accelerator), when a C compiler is found (the main runs then set
+  ``GREENPORTAL_REQUIRE_SPEEDUPS=1``: the accelerator must have been built);
 * ``python -O -m pytest -q -k "ctask or await"`` (the ctypes code must work
   with asserts off);
 * the suite in ``.venv-notrio`` (``-e .[test-asyncio]``), where Trio is not
@@ -165,6 +168,7 @@ def step(
     venv: Path | None = None,
     timeout: float = RUN_TIMEOUT,
     pytest: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Step:
     banner(name)
     counts: dict[str, int] = {}
@@ -173,7 +177,7 @@ def step(
         at = cmd.index("pytest") + 1
         cmd = [*cmd[:at], f"--junitxml={report}", *cmd[at:]]
     start = time.monotonic()
-    rc = execute(cmd, env=venv_env(venv), timeout=timeout)
+    rc = execute(cmd, env={**venv_env(venv), **(env or {})}, timeout=timeout)
     seconds = time.monotonic() - start
     if pytest:
         counts = pytest_counts(report)
@@ -405,8 +409,23 @@ def ensure_postgres() -> None:
     say(f"installed: {found}" if found else "installed, but still not found; tests will skip.")
 
 
+def speedups_env() -> dict[str, str]:
+    """Make the suite fail if the C accelerator was not built where it can be.
+
+    ``greenportal._speedups`` is optional (setup.py builds it with
+    ``optional=True``); with a C compiler here it must have been built, or the
+    compiled path would silently go untested.
+    """
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        say("no C compiler found: the pure-Python portal is tested, not the C accelerator")
+        return {}
+    return {"GREENPORTAL_REQUIRE_SPEEDUPS": "1"}
+
+
 def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
     ensure_postgres()
+    require = speedups_env()
     banner("looking for CPython " + ", ".join(VERSIONS))
     found: dict[str, Python] = {}
     missing: dict[str, str] = {}
@@ -451,8 +470,17 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
                 skip(f"pytest -O {version}", "its venv failed")
             continue
         py = str(venv_python(venv))
-        step(name, [py, "-m", "pytest", *pytest_args], venv=venv, pytest=True)
+        step(name, [py, "-m", "pytest", *pytest_args], venv=venv, pytest=True, env=require)
         if version == newest.version:
+            if require:
+                # The same suite on the pure-Python twin of the compiled code.
+                step(
+                    f"pytest {version}, pure Python",
+                    [py, "-m", "pytest", "-q", *pytest_args],
+                    venv=venv,
+                    pytest=True,
+                    env={"GREENPORTAL_PURE_PYTHON": "1"},
+                )
             step(
                 f"pytest -O {version}",
                 [py, "-O", "-m", "pytest", *QUIET_OPTIMIZE_WARNING, "-q", "-k", "ctask or await"],

@@ -75,8 +75,8 @@ RUNNER = textwrap.dedent(
     import pytest
     tests_dir, deselect = sys.argv[1], sys.argv[2]
     sys.exit(pytest.main([
-        "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:asyncio", "--import-mode=importlib",
-        "-W", "error", "--rootdir", tests_dir, "-k", deselect, tests_dir,
+        "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:asyncio",
+        "--import-mode=importlib", "-W", "error", "--rootdir", tests_dir, "-k", deselect, tests_dir,
     ]))
     """
 )

@@ -1,0 +1,108 @@
+"""The optional C accelerator and its pure-Python twin.
+
+The whole suite runs on whichever implementation is active; CI runs it on
+both (``GREENPORTAL_PURE_PYTHON=1`` selects the Python one).  These tests
+check the selection itself and the accelerator's own argument handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import greenportal
+from greenportal import _portal
+from greenportal._portal import Portal
+
+COMPILED = _portal.SPEEDUPS
+
+
+def test_the_selected_implementation_is_active() -> None:
+    if os.environ.get("GREENPORTAL_PURE_PYTHON", "") not in ("", "0"):
+        assert not COMPILED
+        assert Portal.send is _portal._PurePortal.send
+    elif os.environ.get("GREENPORTAL_REQUIRE_SPEEDUPS"):
+        assert COMPILED, "greenportal._speedups was not built (is a C compiler installed?)"
+    else:
+        built = importlib.util.find_spec("greenportal._speedups") is not None
+        assert built == COMPILED
+    if COMPILED:
+        assert type(Portal.__dict__.get("send", Portal.send)).__name__ != "function"
+
+
+def test_environment_variable_selects_pure_python_in_a_fresh_process() -> None:
+    code = "import greenportal._portal as p; print(p.SPEEDUPS, p.Portal.__mro__[1].__name__)"
+    env = {**os.environ, "GREENPORTAL_PURE_PYTHON": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "_PurePortal"]
+
+
+def test_public_await_keeps_its_python_signature() -> None:
+    import inspect
+
+    assert list(inspect.signature(greenportal.await_).parameters) == ["aw"]
+    assert "suspending only the current task" in (greenportal.await_.__doc__ or "")
+
+
+async def _body() -> int:
+    return 7
+
+
+def test_portal_constructor_arguments() -> None:
+    coro = _body()
+    by_position = Portal(coro, None, 5)
+    assert (by_position.coro, by_position.fn, by_position.task_id) == (coro, None, 5)
+    by_name = Portal(fn=len, task_id=None)
+    assert (by_name.coro, by_name.fn, by_name.task_id) == (None, len, None)
+    with pytest.raises(TypeError):
+        Portal(None, None, None, None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="bogus"):
+        Portal(bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Portal(None, coro=coro)  # type: ignore[misc]
+    by_position.close()  # never stepped: closes the coroutine, no warning
+    assert coro.cr_frame is None
+
+
+def test_portal_runs_and_reports_like_a_coroutine() -> None:
+    async def main() -> Any:
+        value = await Portal(_body())
+        with pytest.raises(StopIteration) as stop:
+            Portal(None, lambda: (1, 2)).send(None)
+        return value, stop.value.value
+
+    assert asyncio.run(main()) == (7, (1, 2))
+
+
+@pytest.mark.skipif(not COMPILED, reason="the C accelerator is not in use")
+def test_swap_coro_refuses_bad_offsets() -> None:
+    speedups: Any = _portal._speedups
+
+    async def main() -> None:
+        task: Any = asyncio.current_task()
+        old = task.get_coro()
+        other = _body()
+        with pytest.raises(ValueError, match="bad coroutine offset"):
+            speedups.swap_coro(task, 3, old, other)
+        with pytest.raises(ValueError, match="bad coroutine offset"):
+            speedups.swap_coro(task, 1 << 20, old, other)
+        # A word that does not hold the current coroutine: nothing is written.
+        assert speedups.swap_coro(task, 8 * 2, object(), other) == 0
+        assert task.get_coro() is old
+        other.close()
+
+    asyncio.run(main())
