@@ -215,7 +215,8 @@ def test_a_cluster_left_running_is_removed_at_exit() -> None:
 
 @needs_pg
 @pytest.mark.subprocess
-def test_main_prints_the_dsn_and_stops_on_ctrl_c() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_main_prints_the_dsn_and_stops_on_a_signal(sig: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(TOOLS / "pgcluster.py")],
         stdout=subprocess.PIPE,
@@ -229,7 +230,7 @@ def test_main_prints_the_dsn_and_stops_on_ctrl_c() -> None:
         directory = first.split("(")[-1].rstrip(")\n")
         dsn = proc.stdout.readline().strip()
         assert asyncio.run(_whoami(dsn=dsn)) == ("greenportal", "greenportal", 42)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

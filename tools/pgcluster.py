@@ -571,6 +571,10 @@ def _simple_query(sock_path: Path, user: str, database: str, sql: str, *, timeou
 # --- manual use --------------------------------------------------------------
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -578,11 +582,14 @@ def main(argv: list[str]) -> int:
     if find_pg_bin() is None:
         print(MISSING_MESSAGE, file=sys.stderr)
         return 1
+    # SIGTERM (from `kill`, a CI runner, a process manager) stops the cluster
+    # as Ctrl-C does, rather than leaving the server and its directory behind.
+    signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     with PostgresCluster() as pg:
         print(f"PostgreSQL is up in {time.monotonic() - started:.1f}s ({pg.directory})")
         print(pg.dsn, flush=True)
-        print("Ctrl-C stops it and removes its directory.", flush=True)
+        print("Ctrl-C (or SIGTERM) stops it and removes its directory.", flush=True)
         try:
             while True:
                 time.sleep(3600)
