@@ -46,6 +46,7 @@ class ServerProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
         self.database = ""
+        self.greenportal = ""
 
     @property
     def pid(self) -> int:
@@ -73,6 +74,7 @@ class ServerProcess:
         ready = json.loads(line)
         self.port = int(ready["port"])
         self.database = str(ready["database"])
+        self.greenportal = str(ready.get("greenportal", "?"))
 
     async def stats(self) -> dict[str, Any]:
         """The server's ``/_stats`` (this resets its loop-stall maximum)."""

@@ -303,6 +303,16 @@ def make_app(
     return app
 
 
+def greenportal_build() -> str:
+    """Which greenportal serves: version, where it was imported from, compiled or not."""
+    from greenportal import _portal
+
+    compiled = getattr(_portal, "SPEEDUPS", None)
+    kind = {True: "C accelerator", False: "pure Python", None: "?"}[compiled]
+    where = os.path.dirname(greenportal.__file__)
+    return f"greenportal {greenportal.__version__} ({kind}) from {where}"
+
+
 def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening TCP socket (port 0: a free one chosen by the system)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -329,7 +339,11 @@ async def serve(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        ready = {"port": sock.getsockname()[1], "database": app[STATE].driver.description}
+        ready = {
+            "port": sock.getsockname()[1],
+            "database": app[STATE].driver.description,
+            "greenportal": greenportal_build(),
+        }
         print(json.dumps(ready), flush=True)
         await stop.wait()
     finally:
