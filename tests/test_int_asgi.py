@@ -107,18 +107,32 @@ def make_app(middleware: list[Middleware], lifespan_log: list[str] | None = None
 # --- servers -------------------------------------------------------------------
 
 
+def uvicorn_ws() -> str:
+    """A websocket implementation uvicorn can use here ("none" if neither is installed)."""
+    import importlib.util
+
+    for name in ("wsproto", "websockets"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return "none"
+
+
 @asynccontextmanager
 async def uvicorn_server(app: Any) -> AsyncIterator[str]:
     """Serve *app* with uvicorn on a free 127.0.0.1 port, in this event loop."""
     import asyncio
 
     uvicorn = pytest.importorskip("uvicorn")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", ws="wsproto")
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", ws=uvicorn_ws())
     server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    except BaseException:
+        sock.close()
+        raise
     try:
         deadline = time.monotonic() + 20
         while not server.started:
@@ -214,7 +228,8 @@ def test_uvicorn_requests_overlap(aio_backend: Backend) -> None:
 
 def test_uvicorn_websocket_session_runs_sync_code(aio_backend: Backend) -> None:
     aiohttp = pytest.importorskip("aiohttp")
-    pytest.importorskip("wsproto")
+    if uvicorn_ws() == "none":
+        pytest.skip("uvicorn needs wsproto or websockets to serve websockets")
 
     async def main() -> None:
         app = make_app([])
