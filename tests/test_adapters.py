@@ -47,6 +47,32 @@ def test_autoawait_and_property_setter(backend: Any) -> None:
     backend.run(main)
 
 
+def test_autoawait_init_and_del_run_in_the_portal(backend: Any) -> None:
+    """An object made and dropped in a portal task awaits in __init__ and __del__."""
+    events: list[str] = []
+
+    class Resource:
+        @autoawait
+        async def __init__(self) -> None:
+            await anyio.sleep(0)
+            events.append("opened")
+
+        @autoawait
+        async def __del__(self) -> None:
+            await anyio.sleep(0)
+            events.append("closed")
+
+    def use() -> None:
+        Resource()  # dropped at once: __del__ runs right here, in the portal
+        events.append("after")
+
+    async def main() -> None:
+        await with_portal_run_sync(use)
+
+    backend.run(main)
+    assert events == ["opened", "closed", "after"]
+
+
 def test_decorate_as_sync_with_lru_cache(backend: Any) -> None:
     calls: list[int] = []
 

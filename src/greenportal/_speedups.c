@@ -476,7 +476,13 @@ acquire_impl(PyObject *hub)
             Py_DECREF(gr);
             return NULL;
         }
-        if (PyObject_SetAttr(gr, s_parent, hub) == 0) {
+        PyObject *parent = PyObject_GetAttr(gr, s_parent);
+        if (parent == NULL) {
+            Py_DECREF(gr);
+            return NULL;
+        }
+        Py_DECREF(parent); /* compared by address only */
+        if (parent == hub || PyObject_SetAttr(gr, s_parent, hub) == 0) {
             return gr;
         }
         Py_DECREF(gr);
@@ -886,6 +892,7 @@ run_job(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     portal = deref(ref);
     Py_DECREF(ref);
+    PyObject *switch_ = NULL;
     if (portal == NULL) {
         /* Being finalized: nobody will read the outcome. */
         Py_DECREF(result);
@@ -896,17 +903,23 @@ run_job(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     else {
         Py_XSETREF(portal->result, result);
+        /* The hub's bound switch (invariant: our parent is the portal's hub). */
+        if (field(portal->park) != Py_None) {
+            switch_ = Py_NewRef(portal->park);
+        }
         Py_DECREF(portal);
     }
     /* Idle from here: hold nothing of the job's (see "Ownership"). */
-    PyObject *parent = PyObject_GetAttr(me, s_parent);
-    if (parent == NULL) {
-        return NULL;
-    }
-    PyObject *switch_ = PyObject_GetAttr(parent, s_switch);
-    Py_DECREF(parent);
     if (switch_ == NULL) {
-        return NULL;
+        PyObject *parent = PyObject_GetAttr(me, s_parent);
+        if (parent == NULL) {
+            return NULL;
+        }
+        switch_ = PyObject_GetAttr(parent, s_switch);
+        Py_DECREF(parent);
+        if (switch_ == NULL) {
+            return NULL;
+        }
     }
     if (PyObject_SetAttr(me, s_portal_ref, g_no_portal) < 0 ||
         PyObject_SetAttr(me, s_gr_context, Py_None) < 0) {
