@@ -106,3 +106,19 @@ def test_swap_coro_refuses_bad_offsets() -> None:
         other.close()
 
     asyncio.run(main())
+
+
+def test_a_stray_switch_to_the_hub_is_a_clear_error(backend: Any) -> None:
+    """A greenlet in a portal that switches to the loop's greenlet gets an explanation."""
+    import greenlet
+
+    def rogue() -> None:
+        hub = greenlet.getcurrent().parent
+        assert hub is not None
+        hub.switch("surprise")  # the portal's hub is the loop's greenlet
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="must not switch to that greenlet itself"):
+            await greenportal.with_portal_run_sync(rogue)
+
+    backend.run(main)

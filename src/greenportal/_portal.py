@@ -62,6 +62,29 @@ Outcomes travel as markers plus ``Portal._result`` rather than as greenlet
 return values or exceptions, which are slow to cross.  An idle greenlet
 holds at most the bound ``switch`` of the last hub it served.
 
+Two implementations of the hot path
+-----------------------------------
+Each step of a portal task, and each trap of an ``await_``, costs one
+greenlet switch pair; in pure Python the glue around the switch cost as much
+again.  So the hot path also exists in C (``_speedups.c``, an optional
+extension): ``Portal``'s ``send``/``__next__``/``__await__`` (the extension
+type ``PortalBase`` supplies them, with ``am_send`` so asyncio's C Task
+steps it without a method call), rehoming and the greenlet pool, the job loop
+(``run_job``, which also drives the coroutine), ``await_``'s loop, the portal
+lookup, inline-portal setup, the finalizer and ``_ctask``'s checked write.
+Everything else (``throw``, ``close``, finalization's work, introspection)
+is Python, shared by both.  The Python functions below are the reference:
+the C code mirrors them line for line, the suite runs on both
+(``GREENPORTAL_PURE_PYTHON=1`` selects Python), and a missing compiler only
+costs speed.  Two Python frames stay on purpose in compiled mode: the
+portal greenlet's ``_worker`` (Trio decides whether Ctrl-C may interrupt code
+by walking frames up to a marked one) and ``await_`` itself (a Python-to-
+Python call moves the awaitable off the caller's stack; a C call would leave
+it there, invisible to the collector, and an abandoned suspended task could
+never be collected).  With both, a portal step costs what a ten-line greenlet
+shim costs (``benchmarks/``); below that only a different design could go,
+and every design that avoids a switch per trap gives up nested ``await_``.
+
 Known gaps
 ----------
 * On Python 3.10, an exception leaving the portal keeps greenportal's frames
@@ -412,7 +435,9 @@ class _PortalCommon:
             res = self._target.throw(exc)
             if res is _PARKED:
                 return self._trap
-            raise self._finished(res)
+            if res is _RETURNED or res is _RAISED:
+                raise self._finished(res)
+            raise _stray_switch(res)
         except BaseException as error:
             self._after_error(error)
             raise
@@ -531,7 +556,9 @@ class _PurePortal(_PortalCommon):
                 # Left in place until the next step overwrites it: _trap is in
                 # plain sight of the cycle collector, unlike the greenlet's stack.
                 return self._trap
-            raise self._finished(res)
+            if res is _RETURNED or res is _RAISED:
+                raise self._finished(res)
+            raise _stray_switch(res)
         except BaseException as error:
             self._after_error(error)
             raise
@@ -593,6 +620,15 @@ class _Finished:
 
 
 _FINISHED: Any = _Finished()
+
+
+def _stray_switch(value: object) -> RuntimeError:
+    """The error for a greenlet that switched to a portal's hub with its own value."""
+    return RuntimeError(
+        f"a greenlet switched to the greenlet running the event loop with {value!r} while "
+        "a portal's task was being stepped; code running in a portal must not switch to "
+        "that greenlet itself (to wait for an awaitable, call greenportal.await_())"
+    )
 
 
 def _describe(portal: _PortalCommon, attr: str) -> object:
@@ -897,6 +933,7 @@ if not TYPE_CHECKING and _speedups is not None:
         no_portal=_NO_PORTAL,
         has_portal=_HAS_PORTAL,
         inline_slow=_inline_task_id_slow,
+        stray_switch=_stray_switch,
     )
     inline_task_id = _speedups.inline_task_id
     portal_of_current_task = _speedups.portal_of_current_task

@@ -69,6 +69,7 @@ static PyObject *g_running_loop;   /* asyncio._get_running_loop, or NULL */
 static PyObject *g_prepare_loop;   /* _eager.guard_loop (3.12+), or NULL */
 static PyObject *g_has_portal;     /* _HAS_PORTAL */
 static PyObject *g_inline_slow;    /* _inline_task_id_slow */
+static PyObject *g_stray_switch;   /* _stray_switch(value): the error to raise */
 static PyObject *g_slow;           /* what await_box returns for "take the slow path" */
 
 static PyObject *g_greenlet_class; /* PortalGreenlet */
@@ -622,6 +623,15 @@ portal_step(PortalObject *self, PyObject *value, PyObject **presult)
         /* Left in place until the next step overwrites it (see _portal.py). */
         *presult = Py_NewRef(field(self->trap));
         return PYGEN_NEXT;
+    }
+    if (res != g_returned && res != g_raised) {
+        /* Not one of ours: some greenlet switched to the hub by itself. */
+        PyObject *error = PyObject_CallOneArg(g_stray_switch, res);
+        Py_DECREF(res);
+        if (error != NULL) {
+            raise_exception(error);
+        }
+        return PYGEN_ERROR;
     }
     return portal_finished(self, res, presult);
 }
@@ -1245,16 +1255,16 @@ configure(PyObject *module, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"getcurrent", "parked", "returned", "finished", "detach",
                              "greenlet_exit", "slow", "awaitable_iter", "greenlet_class", "worker",
                              "pool_limit", "raised", "no_portal", "has_portal", "inline_slow",
-                             NULL};
+                             "stray_switch", NULL};
     PyObject *getcurrent, *parked, *returned, *finished, *detach, *greenlet_exit, *slow,
         *awaitable_iter, *greenlet_class, *worker, *raised, *no_portal, *has_portal,
-        *inline_slow;
+        *inline_slow, *stray_switch;
     Py_ssize_t pool_limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOnOOOO:configure", kwlist, &getcurrent,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOnOOOOO:configure", kwlist, &getcurrent,
                                      &parked, &returned, &finished, &detach, &greenlet_exit,
                                      &slow, &awaitable_iter, &greenlet_class, &worker,
                                      &pool_limit, &raised, &no_portal, &has_portal,
-                                     &inline_slow)) {
+                                     &inline_slow, &stray_switch)) {
         return NULL;
     }
     PyObject *finished_switch = PyObject_GetAttrString(finished, "switch");
@@ -1277,6 +1287,7 @@ configure(PyObject *module, PyObject *args, PyObject *kwds)
     Py_XSETREF(g_no_portal, Py_NewRef(no_portal));
     Py_XSETREF(g_has_portal, Py_NewRef(has_portal));
     Py_XSETREF(g_inline_slow, Py_NewRef(inline_slow));
+    Py_XSETREF(g_stray_switch, Py_NewRef(stray_switch));
     Py_RETURN_NONE;
 }
 
