@@ -143,7 +143,10 @@ BUSY_SCRIPT = textwrap.dedent(
     async def busy_async():
         return busy()
 
+    started = []
+
     async def main():
+        started.append(time.monotonic())
         threading.Thread(target=interrupter, daemon=True).start()
         if mode == "native":
             return busy()
@@ -154,7 +157,6 @@ BUSY_SCRIPT = textwrap.dedent(
             return await greenportal.with_portal_run(busy_async)
         return await greenportal.with_portal_run_sync(busy)
 
-    t0 = time.monotonic()
     try:
         if config == "trio":
             import trio
@@ -164,7 +166,10 @@ BUSY_SCRIPT = textwrap.dedent(
             outcome = asyncio.run(main())
     except KeyboardInterrupt:
         outcome = "KeyboardInterrupt"
-    print(outcome, "prompt" if time.monotonic() - t0 < 0.8 else "late")
+    # Ctrl-C comes 0.2 s after main() starts and busy() would end at 1.2 s:
+    # "prompt" is an interrupt that did not wait for it (with room for a
+    # loaded machine), measured from main()'s start so imports do not count.
+    print(outcome, "prompt" if time.monotonic() - started[0] < 1.0 else "late")
     """
 )
 
