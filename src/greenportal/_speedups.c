@@ -595,7 +595,7 @@ portal_rehome(PortalObject *self, PyObject *hub)
 
 /* One step: resume the portal greenlet with `value`, return its next trap. */
 static PySendResult
-portal_step(PortalObject *self, PyObject *value, PyObject **presult)
+portal_step_impl(PortalObject *self, PyObject *value, PyObject **presult)
 {
     *presult = NULL;
     if (g_getcurrent == NULL) {
@@ -634,6 +634,17 @@ portal_step(PortalObject *self, PyObject *value, PyObject **presult)
         return PYGEN_ERROR;
     }
     return portal_finished(self, res, presult);
+}
+
+/* portal_step_impl, holding the portal for the whole step as a Python method
+ * call would: whatever runs in the step may drop the caller's reference. */
+static PySendResult
+portal_step(PortalObject *self, PyObject *value, PyObject **presult)
+{
+    Py_INCREF(self);
+    PySendResult status = portal_step_impl(self, value, presult);
+    Py_DECREF(self);
+    return status;
 }
 
 static PySendResult
