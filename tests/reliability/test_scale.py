@@ -193,7 +193,10 @@ def assert_flat(reports: list[Any]) -> None:
         # little; a leak of one object per task or call would be thousands.
         assert r["objects"] - base["objects"] < 200, reports
     # The resident set after the measured rounds, against the warm-up's.
-    assert rss[-1]["rss"] - base["rss"] < max(8 * MiB, base["rss"] // 10), reports
+    # malloc's fragmentation moves it by a few MiB from round to round (the
+    # counts above and tracemalloc below stay exact); a leak of a greenlet
+    # stack per task would add far more.
+    assert rss[-1]["rss"] - base["rss"] < max(24 * MiB, base["rss"] // 4), reports
     # What tracemalloc sees still allocated after a round, against the
     # round before: a leak of 8 bytes per task or call would show.
     assert traced[1]["traced"] - traced[0]["traced"] < 64 * 1024, reports
