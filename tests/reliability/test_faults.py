@@ -346,6 +346,10 @@ def test_await_while_closing_unwinds_like_native(how: str) -> None:
 # --- closing the loop or the Runner with calls suspended -----------------------
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="3.10 cannot collect a suspended portal task (documented gap; see test_lifetime.py)",
+)
 @pytest.mark.parametrize("config", [c for c in ("asyncio-c", "asyncio-py") if c in CONFIGS])
 def test_loop_closed_with_portal_tasks_suspended(config: str) -> None:
     """Tasks suspended in await_ when their loop is closed: collected, every finally runs."""
