@@ -13,5 +13,6 @@ aiosqlite, PostgreSQL through asyncpg) and the schema with its seed data.
 :mod:`app.native` is the same layer rewritten with ``async``/``await``, the
 reference.  :mod:`app.server` is the aiohttp service: one route per variant
 (``/<variant>/customers/<id>/summary``), see :data:`app.server.VARIANTS`.
-:mod:`app.load` is the load generator the demo and the macro benchmark use.
+:mod:`app.load` is the load generator the demo and the macro benchmark use,
+and :mod:`app.process` runs the service in a child process for them.
 """
