@@ -3,7 +3,8 @@
 
 Usage::
 
-    python3 scripts/reliability.py [--full] [--python PATH] [--no-hostile] [-- PYTEST_ARGS...]
+    python3 scripts/reliability.py [--full] [--python PATH] [--no-hostile] [--jobs N]
+                                   [-- PYTEST_ARGS...]
 
 Without ``--full`` this runs the default slice of ``tests/reliability``, the
 same one the ordinary suite runs (well under two minutes).
@@ -19,7 +20,8 @@ With ``--full`` it runs:
 2. the whole suite under each hostile setting, unless ``--no-hostile``:
    ``python -O``, ``python -X dev``, ``PYTHONASYNCIODEBUG=1`` and
    ``python -W error`` (warnings are errors from the interpreter's start,
-   not only once pytest has read its configuration).
+   not only once pytest has read its configuration).  ``--jobs N`` runs
+   these with ``pytest -n N`` (needs pytest-xdist in the interpreter).
 
 The interpreter: ``--python PATH`` uses that one as it is (it must already
 have ``greenportal[test]`` installed); otherwise the script creates or reuses
@@ -113,6 +115,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--full", action="store_true", help="the full volume and hostile runs")
     parser.add_argument("--python", help="use this interpreter instead of .venv-reliability")
     parser.add_argument("--no-hostile", action="store_true", help="skip the hostile settings")
+    parser.add_argument("--jobs", type=int, default=0, help="pytest -n N for the hostile runs")
     args = parser.parse_args(argv)
 
     python = args.python or prepare_venv()
@@ -140,7 +143,8 @@ def main(argv: list[str]) -> int:
         env={"GREENPORTAL_RELIABILITY": volume},
     )
     if args.full and not args.no_hostile:
-        suite = ["-m", "pytest", "-q", *pytest_args]
+        jobs = ["-n", str(args.jobs)] if args.jobs else []
+        suite = ["-m", "pytest", "-q", *jobs, *pytest_args]
         run_step(results, "whole suite: python -O", [python, "-O", *QUIET_OPTIMIZE, *suite])
         run_step(results, "whole suite: python -X dev", [python, "-X", "dev", *suite])
         run_step(
