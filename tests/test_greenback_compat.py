@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -78,20 +79,26 @@ RUNNER = textwrap.dedent(
     sys.modules["greenback"] = greenportal
     sys.modules["greenback._impl"] = sys.modules["greenback._util"] = shim
     import pytest
-    tests_dir, deselect = sys.argv[1], sys.argv[2]
+    tests_dir, deselect, inifile = sys.argv[1], sys.argv[2], sys.argv[3]
     sys.exit(pytest.main([
-        "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:asyncio",
+        "-q", "-c", inifile, "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:asyncio",
         "--import-mode=importlib", "-W", "error", "--rootdir", tests_dir, "-k", deselect, tests_dir,
     ]))
     """
 )
 
 
-def test_greenbacks_own_suite_passes_on_greenportal() -> None:
+def test_greenbacks_own_suite_passes_on_greenportal(tmp_path: Any) -> None:
     tests_dir = os.path.join(os.path.dirname(greenback.__file__), "_tests")
     if not os.path.isdir(tests_dir):
         pytest.skip("this greenback install ships no tests")
     deselect = " and ".join(f"not {name}" for name in NOT_APPLICABLE)
-    out = run_python("-c", RUNNER, tests_dir, deselect, timeout=300, cwd=os.path.dirname(tests_dir))
+    # An empty configuration of its own: where the virtualenv lies inside this
+    # repository, pytest would otherwise find our pyproject.toml above it.
+    inifile = tmp_path / "pytest.ini"
+    inifile.write_text("[pytest]\n")
+    out = run_python(
+        "-c", RUNNER, tests_dir, deselect, str(inifile), timeout=300, cwd=os.path.dirname(tests_dir)
+    )
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and " failed" not in out.stdout
