@@ -681,6 +681,7 @@ FORK_AND_EXIT_CHILD = textwrap.dedent(
 
     async def sleeper(i):
         try:
+            started.release()  # only once the call runs on the loop
             await asyncio.sleep(3600)
         finally:
             log("async finally", i)
@@ -688,7 +689,6 @@ FORK_AND_EXIT_CHILD = textwrap.dedent(
     def default_runner_wait(i):
         # await_ in a plain thread: on the default Runner
         try:
-            started.release()
             await_(sleeper(i))
         finally:
             log("finally", i)
