@@ -220,3 +220,72 @@ def test_clean_interpreter_exit_with_pooled_greenlets() -> None:
     )
     out = run_python("-W", "error", "-X", "dev", "-c", script)
     assert (out.returncode, out.stdout, out.stderr) == (0, "done\n", "")
+
+
+class _Trap:
+    """An awaitable that yields one trap to whoever steps the coroutine."""
+
+    def __await__(self) -> Any:
+        return (yield "trap")
+
+
+def test_closing_while_awaiting_a_coroutine_that_ignores_generator_exit() -> None:
+    """close() at an await_ of a coroutine that awaits again while closing: as natively.
+
+    A native ``await`` closes the awaited coroutine when GeneratorExit comes
+    in; if that coroutine awaits again instead of finishing, the awaiting
+    frame gets ``RuntimeError("coroutine ignored GeneratorExit")`` and
+    unwinds.  ``await_`` does the same, so the sync frames' finally blocks run
+    and close() raises that RuntimeError.
+    """
+
+    def program(log: list[str], through_portal: bool) -> Any:
+        async def stubborn() -> None:
+            try:
+                await _Trap()
+            finally:
+                log.append("stubborn finally")
+                await _Trap()  # awaits while GeneratorExit leaves: "ignores" it
+
+        def sync_layer() -> None:
+            try:
+                await_(stubborn())
+            except BaseException as exc:
+                log.append(f"sync layer saw {type(exc).__name__}: {exc}")
+                raise
+            finally:
+                log.append("sync finally")
+
+        async def native_layer() -> None:
+            try:
+                await stubborn()
+            except BaseException as exc:
+                log.append(f"sync layer saw {type(exc).__name__}: {exc}")
+                raise
+            finally:
+                log.append("sync finally")
+
+        if through_portal:
+            return with_portal_run_sync(sync_layer)
+        return native_layer()
+
+    def run(through_portal: bool) -> list[str]:
+        log: list[str] = []
+
+        async def main() -> None:
+            coro = program(log, through_portal)
+            assert coro.send(None) == "trap"
+            try:
+                coro.close()
+            except RuntimeError as exc:
+                log.append(f"close raised {exc}")
+            else:
+                log.append("close returned")
+
+        asyncio.run(main())
+        gc_collect_harder()
+        return log
+
+    native = run(False)
+    assert native[-1] == "close raised coroutine ignored GeneratorExit"
+    assert run(True) == native

@@ -693,7 +693,19 @@ def _drive_await(ref: weakref.ref[Portal], outer: Any) -> Any:
     try:
         while True:
             try:
-                trap = it.send(value) if exc is None else it.throw(exc)
+                if exc is None:
+                    trap = it.send(value)
+                elif isinstance(exc, GeneratorExit):
+                    # As a native await does: close the awaited iterator, then
+                    # raise GeneratorExit here; if closing fails (it awaited
+                    # again: "coroutine ignored GeneratorExit"), that error
+                    # unwinds the sync frames instead.
+                    close = getattr(it, "close", None)
+                    if close is not None:
+                        close()
+                    raise exc
+                else:
+                    trap = it.throw(exc)
             except StopIteration as stop:
                 return stop.value
             except BaseException as error:

@@ -78,6 +78,7 @@ static Py_ssize_t g_pool_limit;    /* _POOL_LIMIT */
 static PyObject *g_raised;         /* _RAISED */
 static PyObject *g_no_portal;      /* _NO_PORTAL, an always-dead weak reference */
 
+static PyObject *s_close;
 static PyObject *s_portal_ref, *s_throw, *s_dead, *s_value, *s_finalize, *s_parent,
     *s_gr_context, *s_switch, *s_get_coro, *s_pool_key;
 
@@ -373,6 +374,35 @@ throw_into(PyObject *it, PyObject *exc, PyObject **presult)
     }
     *presult = value;
     return PYGEN_RETURN;
+}
+
+/* Throw `exc` (consumed) into the iterator await_ is driving, as a native
+ * await would: GeneratorExit closes the iterator and is then raised here,
+ * unless closing fails ("coroutine ignored GeneratorExit" when it awaited
+ * again), in which case that error is.  Anything else is thrown in. */
+static PySendResult
+throw_into_awaited(PyObject *it, PyObject *exc, PyObject **presult)
+{
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
+        return throw_into(it, exc, presult);
+    }
+    *presult = NULL;
+    PyObject *close;
+    if (get_optional_attr(it, s_close, &close) < 0) {
+        Py_DECREF(exc);
+        return PYGEN_ERROR;
+    }
+    if (close != NULL) {
+        PyObject *res = PyObject_CallNoArgs(close);
+        Py_DECREF(close);
+        if (res == NULL) {
+            Py_DECREF(exc);
+            return PYGEN_ERROR;
+        }
+        Py_DECREF(res);
+    }
+    raise_exception(exc);
+    return PYGEN_ERROR;
 }
 
 /* The job ended: reset the portal to "finished" and report its outcome the
@@ -1054,7 +1084,7 @@ drive_await_impl(PyObject *ref, PyObject *outer)
             Py_CLEAR(value);
         }
         else {
-            status = throw_into(it, exc, &trap);
+            status = throw_into_awaited(it, exc, &trap);
             exc = NULL;
         }
         Py_DECREF(it);
@@ -1407,6 +1437,10 @@ PyInit__speedups(void)
     }
     s_portal_ref = PyUnicode_InternFromString("portal_ref");
     s_throw = PyUnicode_InternFromString("throw");
+    s_close = PyUnicode_InternFromString("close");
+    if (s_close == NULL) {
+        return NULL;
+    }
     s_dead = PyUnicode_InternFromString("dead");
     s_value = PyUnicode_InternFromString("value");
     s_finalize = PyUnicode_InternFromString("_finalize");
