@@ -11,8 +11,9 @@ creates or reuses ``.venv-test-3.X`` in the repository root, installs
 ``-e .[test]`` into it and runs ``python -m pytest PYTEST_ARGS``.  Then, once,
 on the newest version found:
 
-* the suite again with ``GREENPORTAL_PURE_PYTHON=1`` (the pure-Python twin
-  of the C accelerator), when a C compiler is found (the main runs then set
+* the suite again, without the integration, demo and cluster tests, with
+  ``GREENPORTAL_PURE_PYTHON=1`` (the pure-Python twin of the C accelerator),
+  when a C compiler is found (the main runs then set
   ``GREENPORTAL_REQUIRE_SPEEDUPS=1``: the accelerator must have been built);
 * ``python -O -m pytest -q -k "ctask or await"`` (the ctypes code must work
   with asserts off);
@@ -474,9 +475,16 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
         if version == newest.version:
             if require:
                 # The same suite on the pure-Python twin of the compiled code.
+                # (The integration, demo and cluster tests exercise other
+                # libraries through the same portal code; the C runs cover them.)
+                skip_integrations = [
+                    "--ignore-glob=tests/test_int_*.py",
+                    "--ignore=tests/test_demo_app.py",
+                    "--ignore=tests/test_pgcluster.py",
+                ]
                 step(
                     f"pytest {version}, pure Python",
-                    [py, "-m", "pytest", "-q", *pytest_args],
+                    [py, "-m", "pytest", "-q", *skip_integrations, *pytest_args],
                     venv=venv,
                     pytest=True,
                     env={"GREENPORTAL_PURE_PYTHON": "1"},
