@@ -174,6 +174,10 @@ _RAISED: Any = object()
 # fresh stack); resuming a parked one costs a switch.  An idle greenlet holds
 # nothing of the tasks it served (see "Ownership").
 _POOL_LIMIT = 256
+
+# How many times close() answers an await made while the job unwinds before
+# giving up (and leaving the job suspended, as it did before each answer).
+_CLOSE_ROUNDS = 100
 _pools = threading.local()
 
 
@@ -453,10 +457,19 @@ class _PortalCommon:
             return
         if self._gr is getcurrent():
             raise ValueError("portal is already executing")
-        try:
-            self.throw(GeneratorExit)
-        except (GeneratorExit, StopIteration):
-            return
+        error: BaseException = GeneratorExit()
+        for _ in range(_CLOSE_ROUNDS):
+            try:
+                self.throw(error)
+            except (GeneratorExit, StopIteration):
+                return
+            # The job awaited again while GeneratorExit unwound it (an await_
+            # in an except or finally block).  A native await answers that
+            # with RuntimeError in the awaiting frame, which then unwinds the
+            # frames around it; do the same at the await that just suspended,
+            # so every finally block runs now and nothing stays suspended.  If
+            # the job ends with that RuntimeError, it propagates from here.
+            error = RuntimeError("coroutine ignored GeneratorExit")
         raise RuntimeError("coroutine ignored GeneratorExit")
 
     def detach(self) -> None:

@@ -63,7 +63,7 @@ def make_program(
     exception leaves it.  Only with *await_while_closing* does it also await
     while ``GeneratorExit`` leaves it (close() or collection), which native
     coroutines answer with ``RuntimeError("coroutine ignored GeneratorExit")``;
-    see the xfail tests at the end of this section.
+    see test_await_while_closing_unwinds_like_native.
     """
 
     async def leaf(tag: str) -> str:
@@ -316,12 +316,6 @@ AWAIT_WHILE_CLOSING_CHILD = textwrap.dedent(
 
 
 @pytest.mark.subprocess
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an await in cleanup code while GeneratorExit unwinds a portal (close() or "
-    "collection) leaves the portal greenlet suspended for good: the outer finally blocks never "
-    "run and the greenlet leaks, where native coroutines unwind them with RuntimeError",
-)
 @pytest.mark.parametrize("how", ["close", "collected"])
 def test_await_while_closing_unwinds_like_native(how: str) -> None:
     """Cleanup that awaits while GeneratorExit leaves the frame, in a child interpreter.
