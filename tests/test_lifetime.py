@@ -229,7 +229,7 @@ class _Trap:
         return (yield "trap")
 
 
-def test_closing_while_awaiting_a_coroutine_that_ignores_generator_exit() -> None:
+def test_closing_while_awaiting_a_coroutine_that_ignores_generator_exit(backend: Any) -> None:
     """close() at an await_ of a coroutine that awaits again while closing: as natively.
 
     A native ``await`` closes the awaited coroutine when GeneratorExit comes
@@ -282,7 +282,7 @@ def test_closing_while_awaiting_a_coroutine_that_ignores_generator_exit() -> Non
             else:
                 log.append("close returned")
 
-        asyncio.run(main())
+        backend.run(main)
         gc_collect_harder()
         return log
 
