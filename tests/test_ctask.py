@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from greenportal import _ctask, await_, ensure_portal
+from greenportal import await_, ensure_portal
+from greenportal._backends import _ctask
 
 from .conftest import run_python
 
@@ -84,7 +85,7 @@ def test_portal_under_python_dash_O() -> None:
     script = textwrap.dedent(
         """
         import asyncio, greenportal
-        from greenportal import _ctask
+        from greenportal._backends import _ctask
         assert False, "asserts must be off"
         """
     )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import greenportal
-from greenportal import _portal
+from greenportal import _accel, _portal
 from greenportal._portal import Portal
 
 COMPILED = _portal.SPEEDUPS
@@ -90,7 +90,7 @@ def test_portal_runs_and_reports_like_a_coroutine() -> None:
 
 @pytest.mark.skipif(not COMPILED, reason="the C accelerator is not in use")
 def test_swap_coro_refuses_bad_offsets() -> None:
-    speedups: Any = _portal._speedups
+    speedups: Any = _accel._speedups
 
     async def main() -> None:
         task: Any = asyncio.current_task()

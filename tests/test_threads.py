@@ -1,6 +1,6 @@
 """await_ outside portals (worker threads, plain threads, loop threads) and to_thread.
 
-Rows of the dispatch (see greenportal._threads):
+Rows of the dispatch (see greenportal._threads and greenportal._backends):
 
 1. a task with a portal: the portal, no thread hop;
 2. a worker thread started from a task (greenportal.to_thread, anyio's and
@@ -33,6 +33,7 @@ import pytest
 
 import greenportal
 from greenportal import ThreadLimiter, _threads, asyncify, await_, ensure_portal, to_thread
+from greenportal._backends import _asyncio as asyncio_backend
 
 from .conftest import Backend, run_python
 
@@ -838,7 +839,7 @@ def test_worker_parks_before_announcing(
     cache = _threads._ThreadCache()
     monkeypatch.setattr(_threads, "_threads", cache)
     park = cache.park
-    thread_done = _threads._Host.thread_done
+    thread_done = asyncio_backend.Host.thread_done
 
     def recording_park(worker: Any) -> None:
         order.append("park")
@@ -849,7 +850,7 @@ def test_worker_parks_before_announcing(
         thread_done(host)
 
     monkeypatch.setattr(cache, "park", recording_park)
-    monkeypatch.setattr(_threads._Host, "thread_done", recording_thread_done)
+    monkeypatch.setattr(asyncio_backend.Host, "thread_done", recording_thread_done)
 
     async def main() -> None:
         for _ in range(3):

@@ -5,12 +5,17 @@ calls :func:`await_` and only that task waits while the event loop serves
 everyone else.  The public API is a drop-in for greenback's:
 ``import greenportal as greenback`` keeps a greenback program working.
 
-Module map: ``_portal`` (the greenlet portal and ``await_``), ``_api``
-(giving tasks portals), ``_tree`` (portals for task trees), ``_adapters``
-(sync views of async objects), ``_backends`` (asyncio and Trio behind one
-interface), ``_ctask`` (the checked write into asyncio's C Task),
-``_blocking`` (blocking APIs from async ones), ``_threads`` (await_ outside
-portals; ``to_thread``), ``_runner`` (the background event loop).
+Module map (imports go one way, down this list; ``docs/principle.rst``):
+
+* ``__init__``: this re-export, nothing else;
+* ``_api``, ``_tree``, ``_adapters``, ``_blocking``, ``_threads``,
+  ``_runner``, ``_bridges``, ``_dispatch``: the public functions, none of
+  which knows an event loop library;
+* ``_backends``: everything that does (``_asyncio``, ``_eager``, ``_ctask``,
+  ``_trio``, ``_anyio``), behind the interface in its ``__init__``;
+* ``_portal``: the engine (the greenlet portal and ``await_``);
+* ``_accel`` (the optional C accelerator and its table of twins) and
+  ``_outcome`` (one result-or-exception type): the bottom.
 
 pytest loads ``greenportal.pytest_plugin`` from an entry point, and would
 then warn that this package, when imported before pytest started, cannot have
@@ -30,11 +35,13 @@ from ._api import has_portal as has_portal
 from ._api import portal as portal
 from ._api import with_portal_run as with_portal_run
 from ._api import with_portal_run_sync as with_portal_run_sync
+from ._await import await_ as await_
+from ._backends._trio import AutoPortalInstrument as AutoPortalInstrument
 from ._blocking import BlockingFunction as BlockingFunction
 from ._blocking import BlockingGeneratorFunction as BlockingGeneratorFunction
 from ._blocking import BlockingObject as BlockingObject
 from ._blocking import blocking as blocking
-from ._portal import await_ as await_
+from ._dispatch import await_slow as _await_slow  # noqa: F401  (registers the slow path)
 from ._runner import Runner as Runner
 from ._runner import RunnerClosedError as RunnerClosedError
 from ._runner import SyncContext as SyncContext
@@ -43,7 +50,6 @@ from ._threads import ThreadLimiter as ThreadLimiter
 from ._threads import asyncify as asyncify
 from ._threads import default_thread_limiter as default_thread_limiter
 from ._threads import to_thread as to_thread
-from ._tree import AutoPortalInstrument as AutoPortalInstrument
 from ._tree import portals_for_children as portals_for_children
 from ._tree import portals_for_tree as portals_for_tree
 from ._tree import with_portal_run_tree as with_portal_run_tree

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from ._api import with_portal_run_sync
-from ._portal import await_
+from ._await import await_
 
 P = ParamSpec("P")
 P2 = ParamSpec("P2")

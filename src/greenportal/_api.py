@@ -20,8 +20,10 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from . import _backends, _portal
-from ._portal import Portal, _strip_own_frame, find_portal_in, portal_of_current_task
+from . import _await, _backends
+from ._await import current_portal, find_portal_in
+from ._backends import install_portal
+from ._portal import Portal, _strip_own_frame
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,8 +41,8 @@ async def ensure_portal() -> None:
         RuntimeError: not called from an asyncio or Trio task.
     """
     backend, task = _backends.current_backend_and_task()
-    if portal_of_current_task() is None:
-        _install(backend, task)
+    if current_portal() is None:
+        install_portal(backend, task)
     await backend.checkpoint()
 
 
@@ -60,17 +62,7 @@ def bestow_portal(task: Any) -> None:
     backend = _backends.backend_for_task(task)
     if _task_has_portal(backend, task, current=backend.current_task() is task):
         return
-    _install(backend, task)
-
-
-def _install(backend: _backends.Backend, task: Any) -> Portal:
-    coro = backend.get_coro(task)
-    if coro is None or getattr(coro, "cr_frame", True) is None:
-        raise RuntimeError(f"cannot give a portal to {task!r}: it has already finished")
-    backend.prepare()
-    portal = Portal(cast(Coroutine[Any, Any, Any], coro), None, backend.task_id(task))
-    backend.set_coro(task, portal)
-    return portal
+    install_portal(backend, task)
 
 
 def _task_has_portal(backend: _backends.Backend, task: Any, *, current: bool) -> bool:
@@ -78,7 +70,7 @@ def _task_has_portal(backend: _backends.Backend, task: Any, *, current: bool) ->
     if type(coro) is Portal:
         return True
     if current:
-        return portal_of_current_task() is not None
+        return current_portal() is not None
     return find_portal_in(coro) is not None
 
 
@@ -93,7 +85,7 @@ def has_portal(task: Any = None) -> bool:
     backend = _backends.current_backend()
     current = backend.current_task() if backend is not None else None
     if task is None or task is current:
-        return current is not None and portal_of_current_task() is not None
+        return current is not None and current_portal() is not None
     backend = _backends.backend_for_task(task)
     return find_portal_in(backend.get_coro(task)) is not None
 
@@ -111,8 +103,8 @@ async def with_portal_run(
     Otherwise a portal is made for the duration of the call and removed when
     it returns.  No checkpoint is added.
     """
-    task_id = _portal.inline_task_id()
-    if task_id is _portal._HAS_PORTAL:
+    task_id = _await.inline_portal_id()
+    if task_id is _await._HAS_PORTAL:
         return await async_fn(*args, **kwargs)
     aw = async_fn(*args, **kwargs)
     coro = aw if isinstance(aw, Coroutine) else _adapt(aw)
@@ -130,8 +122,8 @@ async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs:
     Otherwise it runs on a portal made for the duration of the call.  No
     checkpoint is added beyond the ``await_`` calls *sync_fn* makes.
     """
-    task_id = _portal.inline_task_id()
-    if task_id is _portal._HAS_PORTAL:
+    task_id = _await.inline_portal_id()
+    if task_id is _await._HAS_PORTAL:
         return sync_fn(*args, **kwargs)
     call = functools.partial(sync_fn, *args, **kwargs) if args or kwargs else sync_fn
     try:

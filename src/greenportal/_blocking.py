@@ -41,7 +41,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from ._portal import await_
+from ._await import await_
 
 P = ParamSpec("P")
 T = TypeVar("T")

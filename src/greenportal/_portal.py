@@ -74,16 +74,33 @@ steps it without a method call), rehoming and the greenlet pool, the job loop
 lookup, inline-portal setup, the finalizer and ``_ctask``'s checked write.
 Everything else (``throw``, ``close``, finalization's work, introspection)
 is Python, shared by both.  The Python functions below are the reference:
-the C code mirrors them line for line, the suite runs on both
-(``GREENPORTAL_PURE_PYTHON=1`` selects Python), and a missing compiler only
-costs speed.  Two Python frames stay on purpose in compiled mode: the
-portal greenlet's ``_worker`` (Trio decides whether Ctrl-C may interrupt code
-by walking frames up to a marked one) and ``await_`` itself (a Python-to-
-Python call moves the awaitable off the caller's stack; a C call would leave
-it there, invisible to the collector, and an abandoned suspended task could
-never be collected).  With both, a portal step costs what a ten-line greenlet
-shim costs (``benchmarks/``); below that only a different design could go,
-and every design that avoids a switch per trap gives up nested ``await_``.
+the C code mirrors them line for line, and each pair is named in
+``_accel.TWINS``.  A reference keeps its name and is never rebound; the
+sections "the implementation in use" at the end of this module and of
+``_await`` pick each function once, under a name of its own (``acquire``, ``run_job``,
+``drive_await``, ``await_box``, ``current_portal``, ``inline_portal_id``),
+and the rest of greenportal calls those.  The suite runs on both builds on
+every Python (``GREENPORTAL_PURE_PYTHON=1`` selects Python), and a missing
+compiler only costs speed.  Two Python frames stay on purpose in both
+builds: the portal greenlet's ``_worker`` (Trio decides whether Ctrl-C may
+interrupt code by walking frames up to a marked one) and ``await_`` itself
+(a Python-to-Python call moves the awaitable off the caller's stack; a C
+call would leave it there, invisible to the collector, and an abandoned
+suspended task could never be collected).  With both, a portal step costs
+what a ten-line greenlet shim costs (``benchmarks/``); below that only a
+different design could go, and every design that avoids a switch per trap
+gives up nested ``await_``.
+
+Where the engine stops
+----------------------
+The engine is this module (the portal, its greenlets, the job loop) and
+``_await`` (``await_``'s fast path, the portal lookup, inline-portal setup).
+It knows greenlets, not event loops, and imports only ``_accel``: what it
+needs from the layers above is registered with ``_await`` at import: how to
+find asyncio's running task (``bind_current_asyncio_task``, by the asyncio
+backend), where an ``await_`` outside its portal goes
+(``register_slow_path``, by ``_dispatch``) and how to find the task for an
+inline portal outside asyncio (``register_inline_slow``, by ``_backends``).
 
 Known gaps
 ----------
@@ -97,63 +114,22 @@ Known gaps
 from __future__ import annotations
 
 import collections.abc
-import os
 import threading
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import greenlet
 
-from . import _backends, _threads
+from . import _accel
 
 T = TypeVar("T")
 
 getcurrent = greenlet.getcurrent
 
-
-def _load_speedups() -> Any:
-    """The compiled hot path (``_speedups.c``), or None to run the Python twin.
-
-    ``GREENPORTAL_PURE_PYTHON=1`` in the environment selects the Python code
-    even where the extension is built (the test suite runs both ways).
-    """
-    if os.environ.get("GREENPORTAL_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from . import _speedups  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _speedups
-
-
-_speedups: Any = _load_speedups()
-
 #: True when the portal's hot path runs compiled (see ``_speedups.c``).
-SPEEDUPS = _speedups is not None
-
-
-# asyncio.current_task, bound by the asyncio backend when it makes its first
-# portal (so that a Trio program never imports asyncio through us).
-def _current_asyncio_task() -> object:
-    return None
-
-
-def bind_current_asyncio_task(
-    current_task: Callable[..., object],
-    get_running_loop: Callable[[], object],
-    prepare_loop: Callable[[Any], None] | None,
-) -> None:
-    """Tell the fast paths how to find asyncio's running task and loop.
-
-    *prepare_loop* is what the asyncio backend's ``prepare()`` calls on the
-    running loop before a portal is made there (None: nothing).
-    """
-    global _current_asyncio_task
-    _current_asyncio_task = current_task
-    if _speedups is not None:
-        _speedups.set_current_task(current_task, get_running_loop, prepare_loop)
+SPEEDUPS = _accel.SPEEDUPS
 
 
 _CO_ITERABLE_COROUTINE = 0x100  # inspect.CO_ITERABLE_COROUTINE
@@ -238,52 +214,66 @@ def _release(gr: PortalGreenlet) -> bool:
     return True
 
 
-def _worker(value: Any) -> Any:
-    """Body of every portal greenlet: run one portal's job, then wait for the next.
+def _run_job(me: PortalGreenlet, value: Any) -> Any:
+    """Run one job of the portal greenlet *me*, report it, and wait for the next.
 
     The job is the portal's coroutine (driven by :func:`_drive_coroutine`) or
     its sync function.  Its outcome goes to the hub as ``_RETURNED`` or
-    ``_RAISED`` with the value parked in ``Portal._result``; then the
-    greenlet parks in the pool, and the next portal to take it resumes it
-    with its first value.
+    ``_RAISED`` with the value parked in ``Portal._result``; then *me* parks
+    in the pool, and the next portal to take it resumes it with its first
+    value, which this returns.  If the pool is full, this returns the marker
+    instead, and :func:`_worker` lets the greenlet end.  (Compiled twin:
+    ``_speedups.run_job``.)
+    """
+    ref = me.portal_ref
+    portal = ref()
+    assert portal is not None  # it is sending us its first value
+    fn = portal.fn
+    del portal
+    try:
+        result = _drive_coroutine(ref, value) if fn is None else fn()
+        marker = _RETURNED
+    except _Detach:
+        result, marker = None, _RETURNED
+    except greenlet.GreenletExit:
+        # Killed: our portal was dropped without being closed (finalized
+        # on another thread); the coroutine is closed by its own finalizer.
+        raise
+    except BaseException as error:
+        _strip_own_frame(error)
+        result, marker = error, _RAISED
+    portal = ref()
+    if portal is None:
+        # Our portal is being finalized (the collector clears weak
+        # references first): nobody will read the outcome.
+        marker = _RETURNED
+    else:
+        portal._result = result
+    assert me.parent is not None
+    switch = me.parent.switch
+    # Idle from here: hold nothing of the job's (see "Ownership").
+    del portal, result, fn, ref
+    me.portal_ref = _NO_PORTAL
+    me.gr_context = None  # drop the task's context (and what it references)
+    value = None
+    if not _release(me):
+        return marker
+    return switch(marker)
+
+
+def _worker(value: Any) -> Any:
+    """Body of every portal greenlet, in both builds: run jobs until the pool is full.
+
+    It stays a Python frame on purpose: Trio decides whether Ctrl-C may
+    interrupt code by walking its frames' callers, and the jobs' frames must
+    find this one (marked unprotected by the Trio backend) at the bottom.
     """
     me = getcurrent()
     assert isinstance(me, PortalGreenlet)
     while True:
-        ref = me.portal_ref
-        portal = ref()
-        assert portal is not None  # it is sending us its first value
-        fn = portal.fn
-        del portal
-        try:
-            result = _drive_coroutine(ref, value) if fn is None else fn()
-            marker = _RETURNED
-        except _Detach:
-            result, marker = None, _RETURNED
-        except greenlet.GreenletExit:
-            # Killed: our portal was dropped without being closed (finalized
-            # on another thread); the coroutine is closed by its own finalizer.
-            raise
-        except BaseException as error:
-            _strip_own_frame(error)
-            result, marker = error, _RAISED
-        portal = ref()
-        if portal is None:
-            # Our portal is being finalized (the collector clears weak
-            # references first): nobody will read the outcome.
-            marker = _RETURNED
-        else:
-            portal._result = result
-        assert me.parent is not None
-        switch = me.parent.switch
-        # Idle from here: hold nothing of the job's (see "Ownership").
-        del portal, result, fn, ref
-        me.portal_ref = _NO_PORTAL
-        me.gr_context = None  # drop the task's context (and what it references)
-        value = None
-        if not _release(me):
-            return marker
-        value = switch(marker)
+        value = run_job(me, value)
+        if value is _RETURNED or value is _RAISED:
+            return value  # the pool is full: end this greenlet
 
 
 def _drive_coroutine(ref: weakref.ref[Portal], value: Any) -> Any:
@@ -392,7 +382,7 @@ class _PortalCommon:
         if gr is None:
             if self._target is _FINISHED:
                 raise RuntimeError("cannot reuse already awaited coroutine")
-            gr = _acquire(hub)
+            gr = acquire(hub)
             gr.portal_ref = weakref.ref(cast(Portal, self))
             # The task's context, so that ContextVar.set() in the portal is the
             # task's own (greenlets otherwise run in a context of their own).
@@ -593,30 +583,27 @@ class _PurePortal(_PortalCommon):
     __next__ = send
 
 
-if TYPE_CHECKING or _speedups is None:
+_PortalBase: Any = _accel.pick("PortalBase", _PurePortal)
+# The compiled base supplies only the hot path; the pure one inherits the rest.
+_BASES = (_PurePortal,) if _PortalBase is _PurePortal else (_PortalCommon, _PortalBase)
+
+_PORTAL_DOC = """A task's coroutine (or a sync function) running on its own greenlet.
+
+    Instances are created by greenportal; users meet them as the value of
+    ``task.get_coro()`` (asyncio) or ``task.coro`` (Trio) of a task that has a
+    portal.  They behave as coroutines: ``send``, ``throw``, ``close`` and the
+    ``cr_*`` introspection attributes, which describe the wrapped coroutine.
+    """
+
+if TYPE_CHECKING:
 
     class Portal(_PurePortal):
-        """A task's coroutine (or a sync function) running on its own greenlet.
-
-        Instances are created by greenportal; users meet them as the value of
-        ``task.get_coro()`` (asyncio) or ``task.coro`` (Trio) of a task that has a
-        portal.  They behave as coroutines: ``send``, ``throw``, ``close`` and the
-        ``cr_*`` introspection attributes, which describe the wrapped coroutine.
-        """
-
         __slots__ = ()
 
 else:
 
-    class Portal(_PortalCommon, _speedups.PortalBase):
-        """A task's coroutine (or a sync function) running on its own greenlet.
-
-        Instances are created by greenportal; users meet them as the value of
-        ``task.get_coro()`` (asyncio) or ``task.coro`` (Trio) of a task that has a
-        portal.  They behave as coroutines: ``send``, ``throw``, ``close`` and the
-        ``cr_*`` introspection attributes, which describe the wrapped coroutine.
-        """
-
+    class Portal(*_BASES):
+        __doc__ = _PORTAL_DOC
         __slots__ = ()
 
 
@@ -665,326 +652,14 @@ def _make_exception(typ: Any, val: Any, tb: Any) -> BaseException:
     return exc
 
 
-# -- await_ --------------------------------------------------------------------
+# -- the implementation in use ---------------------------------------------
+# Each function with a compiled twin (see _accel.TWINS) is picked once, here
+# and in _await, under a name of its own; the Python references above keep
+# theirs and are never rebound, so editing one changes the pure-Python build,
+# which the test suite runs on every Python alongside the compiled one.
 
-
-def _awaitable_iter(aw: object) -> Any:
-    """Return the iterator that awaiting *aw* drives, or raise TypeError."""
-    tp = type(aw)
-    if tp is _CoroutineType:
-        return aw
-    if tp is _GeneratorType and aw.gi_code.co_flags & _CO_ITERABLE_COROUTINE:  # type: ignore[attr-defined]
-        return aw
-    get = getattr(tp, "__await__", None)
-    if get is None:
-        if tp is _GeneratorType:
-            hint = " (a plain generator; decorate its function with @types.coroutine)"
-        elif callable(aw):
-            hint = " (did you mean to call it, as in await_(f()) instead of await_(f)?)"
-        else:
-            hint = ""
-        raise TypeError(f"await_() needs an awaitable, got {tp.__qualname__!r} object{hint}")
-    it = get(aw)
-    if not isinstance(it, collections.abc.Iterator):
-        raise TypeError(f"{tp.__qualname__}.__await__() returned a non-iterator")
-    return it
-
-
-def _drive_await(ref: weakref.ref[Portal], outer: Any) -> Any:
-    """Run the portal's current awaitable iterator to completion on this greenlet.
-
-    The caller has put the iterator in ``Portal._awaiting`` (and dropped its
-    own reference: see "Ownership"); *outer* is what to restore there after.
-    Each trap goes to the portal's hub through ``Portal._trap``; the hub's
-    answer comes back as the return value (or exception) of the switch.
-    """
-    portal = ref()
-    assert portal is not None
-    it = portal._awaiting
-    value: Any = None
-    exc: BaseException | None = None
-    try:
-        while True:
-            try:
-                if exc is None:
-                    trap = it.send(value)
-                elif isinstance(exc, GeneratorExit):
-                    # As a native await does: close the awaited iterator, then
-                    # raise GeneratorExit here; if closing fails (it awaited
-                    # again: "coroutine ignored GeneratorExit"), that error
-                    # unwinds the sync frames instead.
-                    close = getattr(it, "close", None)
-                    if close is not None:
-                        close()
-                    raise exc
-                else:
-                    trap = it.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            except BaseException as error:
-                _strip_own_frame(error)
-                raise
-            portal._trap = trap
-            switch = portal._park
-            # Hold nothing of the task's while suspended (see "Ownership").
-            del portal, it, trap
-            exc = value = None
-            try:
-                value = switch(_PARKED)
-            except BaseException as error:
-                _strip_own_frame(error)
-                exc = error
-            portal = ref()
-            if portal is None:
-                # Dropped without close() (finalized on another thread): unwind.
-                if exc is None:
-                    exc = greenlet.GreenletExit()
-                raise exc
-            it = portal._awaiting
-    finally:
-        portal = ref()
-        if portal is not None:
-            portal._awaiting = outer
-
-
-def await_(aw: Awaitable[T]) -> T:
-    """Wait for *aw* from synchronous code, suspending only the current task.
-
-    ``await_(x)`` does what ``await x`` does in an async function: it returns
-    the result or raises the exception, and while it waits the event loop runs
-    other tasks.  It works in synchronous code called, at any depth, from a
-    task that has a portal (see :func:`ensure_portal` and
-    :func:`with_portal_run`).  *aw* may be a coroutine, a Future, or any
-    object with ``__await__``.
-
-    Cancellation reaches the waiting sync code as it would reach a native
-    ``await``: asyncio's :exc:`~asyncio.CancelledError`, or Trio's
-    ``Cancelled``, is raised out of ``await_`` and ``finally`` blocks run.
-
-    Raises:
-        TypeError: *aw* is not awaitable.
-        RuntimeError: the current task has no portal, or the portal was just
-            bestowed and the task has not yielded since.
-    """
-    try:
-        try:
-            ref = getcurrent().portal_ref  # type: ignore[attr-defined]
-        except AttributeError:
-            return _await_slow(aw)  # type: ignore[no-any-return]
-        portal = ref()
-        if portal is None or (
-            portal.task_id is not None and id(_current_asyncio_task()) != portal.task_id
-        ):
-            return _await_slow(aw)  # type: ignore[no-any-return]
-        outer = portal._awaiting
-        portal._awaiting = aw if type(aw) is _CoroutineType else _awaitable_iter(aw)
-        del aw, portal
-        return _drive_await(ref, outer)  # type: ignore[no-any-return]
-    except BaseException as error:
-        _strip_own_frame(error)
-        raise
-
-
-def _close_quietly(aw: object) -> None:
-    """Close an awaitable we refuse, so no 'never awaited' warning follows."""
-    if isinstance(aw, (_CoroutineType, _GeneratorType)):
-        aw.close()
-
-
-def _await_slow(aw: object) -> Any:
-    """await_ when the current greenlet is not a portal greenlet of the current task."""
-    try:
-        it = _awaitable_iter(aw)
-    except TypeError as error:
-        _close_quietly(aw)
-        _strip_own_frame(error)
-        raise
-    portal = portal_of_current_task()
-    if portal is None:
-        del it
-        try:
-            if _backends.current_backend() is None:
-                other = _backends._unsupported_library()
-                if other is None or other in ("asyncio", "trio"):
-                    # No task runs in this thread: a worker thread, or a
-                    # program without an event loop (see _threads).
-                    return _threads.await_without_portal(aw)  # type: ignore[arg-type]
-            _raise_no_portal()
-        except BaseException as error:
-            _close_quietly(aw)
-            _strip_own_frame(error)
-            raise
-    here = getcurrent()
-    del aw
-    outer = portal._awaiting
-    portal._awaiting = it
-    del it
-    ref = weakref.ref(portal)
-    try:
-        if here is portal._gr:
-            del portal
-            return _drive_await(ref, outer)
-        # A foreign greenlet (SQLAlchemy's greenlet_spawn, say) running inside
-        # the portal greenlet: resume it, not the portal greenlet, until done.
-        saved = portal._target
-        portal._set_target(here)
-        del portal
-        try:
-            return _drive_await(ref, outer)
-        finally:
-            restore = ref()
-            if restore is not None:
-                restore._set_target(saved)
-    except BaseException as error:
-        _strip_own_frame(error)
-        raise
-
-
-def _raise_no_portal() -> NoReturn:
-    """Raise the RuntimeError that explains why this task has no usable portal."""
-    backend, task = _backends.current_backend_and_task()
-    coro = backend.get_coro(task)
-    if isinstance(coro, Portal) and coro._gr is None:
-        msg = (
-            "this task's portal was bestowed but is not active yet: yield to the event "
-            f"loop once (for example 'await {backend.sleep0}') after "
-            "greenportal.bestow_portal(<this task>) and before calling await_()"
-        )
-    else:
-        msg = (
-            "await_() needs a portal in the current task, and this task has none; it "
-            "cannot simply block either, since the awaitable needs this thread's event "
-            "loop to make progress. Create a portal with 'await greenportal.ensure_portal()' "
-            "at the top of the task, or run the code with 'await "
-            "greenportal.with_portal_run(async_fn, ...)' or 'await "
-            "greenportal.with_portal_run_sync(sync_fn, ...)', or move the sync code to a "
-            "worker thread with 'await greenportal.to_thread(sync_fn, ...)'"
-        )
-    raise RuntimeError(msg)
-
-
-def portal_of_current_task() -> Portal | None:
-    """The portal through which the current code runs, or None.
-
-    Walks up from the current greenlet to the first portal greenlet whose
-    portal serves the running task.  Cheap when there is none: it asks the
-    event loop for the current task only if it meets an asyncio portal.
-    """
-    gr: greenlet.greenlet | None = getcurrent()
-    task_id: int | None = None
-    while gr is not None:
-        ref: weakref.ref[Portal] | None = getattr(gr, "portal_ref", None)
-        if ref is not None:
-            portal = ref()
-            if portal is not None:
-                # Under Trio (task_id None) a task never steps inside another
-                # task's portal greenlet, so being on the chain is proof enough.
-                if portal.task_id is None:
-                    return portal
-                if task_id is None:
-                    task_id = id(_current_asyncio_task())
-                if portal.task_id == task_id:
-                    return portal
-        gr = gr.parent
-    return None
-
-
-# What inline_task_id() returns when the current task already has a portal.
-_HAS_PORTAL: Any = object()
-
-
-def _inline_task_id_slow() -> int | None:
-    backend, task = _backends.current_backend_and_task()
-    backend.prepare()
-    return backend.task_id(task)
-
-
-def inline_task_id() -> Any:
-    """For a portal made inline (``with_portal_run`` and friends) in the current task.
-
-    Returns ``_HAS_PORTAL`` if the current task already has a portal, else the
-    ``task_id`` the new portal records.  Raises RuntimeError outside a task.
-    """
-    if portal_of_current_task() is not None:
-        return _HAS_PORTAL
-    return _inline_task_id_slow()
-
-
-def find_portal_in(coro: object) -> Portal | None:
-    """The portal in a (suspended) task's coroutine or await chain, if any."""
-    seen = 0
-    while coro is not None and seen < 10_000:
-        if type(coro) is Portal:
-            return coro
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-        seen += 1
-    return None
-
-
-# -- the compiled hot path ---------------------------------------------------
-# With the extension built, the loops that run on the portal greenlet and
-# await_'s fast path are the C twins of the functions above; Portal's
-# stepping comes from _speedups.PortalBase (see the class definition).
-
-_SLOW: Any = object()  # what _speedups.await_box returns for "use _await_slow"
-
-if not TYPE_CHECKING and _speedups is not None:
-    _run_job = _speedups.run_job
-
-    def _worker(value):
-        # The compiled twin of _worker above: one C call per job.  It stays a
-        # Python frame on purpose: Trio decides whether Ctrl-C may interrupt
-        # code by walking its frames' callers, and the jobs' frames must find
-        # this one (marked unprotected by the Trio backend) at the bottom.
-        me = getcurrent()
-        while True:
-            value = _run_job(me, value)
-            if value is _RETURNED or value is _RAISED:
-                return value  # the pool is full: end this greenlet
-
-    _speedups.configure(
-        getcurrent=getcurrent,
-        parked=_PARKED,
-        returned=_RETURNED,
-        finished=_FINISHED,
-        detach=_Detach,
-        greenlet_exit=greenlet.GreenletExit,
-        slow=_SLOW,
-        awaitable_iter=_awaitable_iter,
-        greenlet_class=PortalGreenlet,
-        worker=_worker,
-        pool_limit=_POOL_LIMIT,
-        raised=_RAISED,
-        no_portal=_NO_PORTAL,
-        has_portal=_HAS_PORTAL,
-        inline_slow=_inline_task_id_slow,
-        stray_switch=_stray_switch,
-    )
-    inline_task_id = _speedups.inline_task_id
-    portal_of_current_task = _speedups.portal_of_current_task
-    _acquire = _speedups.acquire
-    _release = _speedups.release
-    _backends._ctask._swap_coro = _speedups.swap_coro
-    _drive_coroutine = _speedups.drive_coroutine
-    _drive_await = _speedups.drive_await
-    _await_box = _speedups.await_box
-    _pure_await = await_
-
-    def await_(aw):
-        # A Python frame on purpose: a Python-to-Python call moves *aw* off
-        # the caller's stack (3.11+), and the one-item list lets the C code
-        # take it out of this frame too, so nothing on the suspended portal
-        # greenlet's stack holds the awaitable (see "Ownership").
-        box = [aw]
-        del aw
-        try:
-            result = _await_box(box)
-            if result is _SLOW:
-                return _await_slow(box.pop())
-            return result
-        except BaseException as error:
-            _strip_own_frame(error)
-            raise
-
-    await_.__doc__ = _pure_await.__doc__
-    await_.__annotations__ = _pure_await.__annotations__
+acquire: Callable[[greenlet.greenlet], PortalGreenlet] = _accel.pick("acquire", _acquire)
+release: Callable[[PortalGreenlet], bool] = _accel.pick("release", _release)
+run_job: Callable[[PortalGreenlet, Any], Any] = _accel.pick("run_job", _run_job)
+# (drive_coroutine's compiled twin is called by the compiled run_job only.)
+_accel.pick("drive_coroutine", _drive_coroutine)

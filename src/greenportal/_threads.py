@@ -13,22 +13,15 @@ Where ``await_`` sends an awaitable when the current task has no portal
 5. Any other thread: the default :class:`~greenportal.Runner`, so every such
    call in the process shares one long-lived loop.
 
-Detection reads thread-locals and ``sys.modules``; nothing is imported.
+Rows 1 to 3 are the backends' (``_backends.thread_route``); how the asyncio
+host runs the awaitable inside the starting task, so that its cancellation
+reaches the thread as the native exception, is told in
+``_backends/_asyncio.py``.  Detection reads thread-locals and
+``sys.modules``; nothing is imported.
 
-Running the awaitable in the starting task (asyncio)
-----------------------------------------------------
-Trio's ``from_thread.run`` runs the awaitable *inside the task that started
-the thread*, so the task's cancel scopes apply, with the context variables
-the thread sees.  We give asyncio the same semantics: while the thread runs,
-the starting task sits in :func:`_serve`, waiting for either the thread's end
-or an await request.  It runs a request by stepping the awaitable itself,
-each step inside a copy of the thread's context.  So a cancellation of the
-starting task lands in the awaitable and reaches the thread as the native
-``asyncio.CancelledError``, exactly as it would reach a native ``await``.
-
-Rejected: ``asyncio.run_coroutine_threadsafe`` onto the loop (a new task:
-cancelling the starting task would not reach it, and asyncio.timeout around
-``to_thread`` would never fire inside it).
+This module keeps what is the same on every loop: the dispatch above, the
+cache of worker threads, :class:`ThreadLimiter`, :func:`to_thread` and
+:func:`asyncify`.
 
 Cancellation while the thread runs plain sync code cannot interrupt it.  Like
 Trio's default, the task waits for the thread: the cancellation is delivered
@@ -43,31 +36,19 @@ loop); the docs say to use :func:`to_thread` instead.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import os
-import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _runner
-
-if TYPE_CHECKING:
-    import asyncio
+from . import _backends, _runner
+from ._outcome import close_refused
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class _ThreadState(threading.local):
-    # The _Host serving this thread, while it runs a to_thread() call.
-    host: _Host | None = None
-
-
-_state = _ThreadState()
 
 
 # ---------------------------------------------------------------- dispatch
@@ -75,16 +56,10 @@ _state = _ThreadState()
 
 def await_without_portal(aw: Awaitable[T]) -> T:
     """Run *aw* for synchronous code outside any portal (see the module notes)."""
-    host = _state.host
-    if host is not None:
-        return host.request(aw)
-    trio = sys.modules.get("trio")
-    if trio is not None and _in_trio_worker(trio):
-        return _trio_from_thread(trio, aw)  # type: ignore[no-any-return]
-    anyio = sys.modules.get("anyio")
-    if anyio is not None and _in_anyio_worker():
-        return _anyio_from_thread(aw)  # type: ignore[no-any-return]
-    loop_name = _running_loop_here()
+    route = _backends.thread_route()
+    if route is not None:
+        return route(aw)  # type: ignore[no-any-return]
+    loop_name = _backends.running_loop_name()
     if loop_name is not None:
         raise RuntimeError(
             f"await_() was called outside any portal on a thread that is running "
@@ -96,76 +71,21 @@ def await_without_portal(aw: Awaitable[T]) -> T:
         )
     runner = _runner.default_runner()
     _check_future_loop(aw, runner, "the default Runner")
-    return _annotate_loop_errors(runner.run, aw, "the default Runner's loop")  # type: ignore[no-any-return]
-
-
-def _running_loop_here() -> str | None:
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and asyncio._get_running_loop() is not None:
-        return "an asyncio event loop"
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            pass
-        else:
-            return "a Trio run"
-    return None
-
-
-def _in_trio_worker(trio: Any) -> bool:
-    threads = getattr(trio, "_threads", None)
-    data = getattr(threads, "PARENT_TASK_DATA", None)
-    return data is not None and getattr(data, "token", None) is not None
-
-
-async def _await(aw: Awaitable[T]) -> T:
-    return await aw
-
-
-def _trio_from_thread(trio: Any, aw: Awaitable[Any]) -> Any:
-    return trio.from_thread.run(_await, aw)
-
-
-def _in_anyio_worker() -> bool:
-    eventloop = sys.modules.get("anyio._core._eventloop")
-    threadlocals = getattr(eventloop, "threadlocals", None)
-    return threadlocals is not None and hasattr(threadlocals, "current_token")
-
-
-def _anyio_from_thread(aw: Awaitable[Any]) -> Any:
-    import concurrent.futures
-
-    import anyio.from_thread
-
-    try:
-        return anyio.from_thread.run(_await, aw)
-    except concurrent.futures.CancelledError as error:
-        # anyio turns the task's cancellation into the thread-side exception
-        # type; sync code under asyncio expects asyncio's.
-        asyncio = sys.modules["asyncio"]
-        raise asyncio.CancelledError(*error.args) from None
+    result: T = _annotate_loop_errors(runner.run, aw, "the default Runner's loop")
+    return result
 
 
 def _check_future_loop(aw: object, runner: _runner.Runner, where: str) -> None:
-    get_loop = getattr(aw, "get_loop", None)
-    if get_loop is None or runner.backend != "asyncio":
+    if getattr(aw, "get_loop", None) is None:
         return
-    if get_loop() is not runner.loop:
-        _close(aw)
+    if runner._ensure_started().is_foreign(aw):
+        close_refused(aw)
         raise RuntimeError(
             f"await_() got a Future bound to another event loop than {where}, where "
             "await_() runs awaitables in this thread. A Future (and any resource made on "
             "a loop, such as a connection pool) can only be awaited on its own loop: make "
             "it through await_() in this thread, or await it on its loop"
         )
-
-
-def _close(aw: object) -> None:
-    close = getattr(aw, "close", None)
-    if close is not None and type(aw).__name__ == "coroutine":
-        close()
 
 
 _LOOP_HINTS = ("different loop", "different event loop", "another loop")
@@ -185,127 +105,7 @@ def _annotate_loop_errors(run: Callable[[Any], T], aw: Any, where: str) -> T:
         raise
 
 
-# ------------------------------------------------------ to_thread (asyncio)
-
-
-class _Host:
-    """The asyncio task that started a worker thread, serving its await_ calls.
-
-    Thread side: :meth:`request` stores an awaitable and a copy of the
-    thread's context in ``pending``, wakes the task, and blocks on ``reply``.
-    Loop side: :func:`_serve` runs it and stores the outcome.  Invariants:
-    at most one request is pending (the thread blocks on it); ``reply`` is
-    held except between the task's answer and the thread taking it.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.pending: tuple[Awaitable[Any], contextvars.Context] | None = None
-        self.answer: tuple[bool, Any] = (True, None)
-        self.reply = threading.Lock()
-        self.reply.acquire()
-        self.finished = False
-        self.waiter: asyncio.Future[None] | None = None
-
-    def request(self, aw: Awaitable[T]) -> T:
-        if self.loop.is_closed():
-            _close(aw)
-            raise RuntimeError("the event loop that started this thread is closed")
-        get_loop = getattr(aw, "get_loop", None)
-        if get_loop is not None and get_loop() is not self.loop:
-            raise RuntimeError(
-                "await_() got a Future bound to another event loop than the one that "
-                "started this worker thread; await it on its own loop"
-            )
-        self.pending = (aw, contextvars.copy_context())
-        del aw
-        self.loop.call_soon_threadsafe(self.wake)
-        self.reply.acquire()
-        answer, self.answer = self.answer, (True, None)
-        return _unwrap(answer)  # type: ignore[no-any-return]
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def thread_done(self) -> None:
-        self.finished = True
-        try:
-            self.loop.call_soon_threadsafe(self.wake)
-        except RuntimeError:  # pragma: no cover - the loop closed under us
-            pass
-
-
-class _InContext:
-    """Await *aw*, running each of its steps inside *context*."""
-
-    __slots__ = ("aw", "context")
-
-    def __init__(self, aw: Awaitable[Any], context: contextvars.Context) -> None:
-        self.aw = aw
-        self.context = context
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        run = self.context.run
-        it = run(_iter, self.aw)
-        self.aw = None  # type: ignore[assignment]
-        send = it.send
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                trap = run(send, value) if error is None else run(it.throw, error)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                error = None
-            try:
-                value = yield trap
-            except BaseException as thrown:
-                error = thrown
-                value = None
-
-
-def _iter(aw: Awaitable[Any]) -> Generator[Any, Any, Any]:
-    return aw.__await__()
-
-
-async def _serve(host: _Host, asyncio: Any) -> None:
-    """Serve *host*'s thread until it finishes (see the module notes)."""
-    loop = host.loop
-    # A cancellation that arrived while the thread ran sync code, not yet
-    # delivered to it.
-    undelivered: BaseException | None = None
-    while True:
-        pending = host.pending
-        if pending is not None:
-            host.pending = None
-            aw, context = pending
-            del pending
-            if undelivered is not None:
-                _close(aw)
-                host.answer = (False, undelivered)
-                undelivered = None
-            else:
-                try:
-                    host.answer = (True, await _InContext(aw, context))
-                except BaseException as error:
-                    host.answer = (False, error)
-            del aw, context
-            host.reply.release()
-            continue
-        if host.finished:
-            break
-        host.waiter = loop.create_future()
-        try:
-            await host.waiter
-        except asyncio.CancelledError as error:
-            undelivered = error
-        finally:
-            host.waiter = None
-    if undelivered is not None:
-        raise undelivered
+# ------------------------------------------------------------ worker threads
 
 
 class _ThreadCache:
@@ -382,7 +182,6 @@ def _after_fork_in_child() -> None:
     _threads = _ThreadCache()
     for limiter in list(_limiters):
         limiter._reset()
-    _state.host = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -431,7 +230,7 @@ class ThreadLimiter:
     def __repr__(self) -> str:
         return f"<greenportal.ThreadLimiter {self._borrowed}/{self._total}>"
 
-    async def _acquire(self, backend: str) -> None:
+    async def _acquire(self, backend: _backends.Backend) -> None:
         with self._lock:
             if self._borrowed < self._total and not self._waiters:
                 self._borrowed += 1
@@ -476,33 +275,14 @@ class ThreadLimiter:
 class _Waiter:
     """One task waiting for a ThreadLimiter slot, on its own event loop."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: _backends.Backend) -> None:
         self.granted = False
-        if backend == "asyncio":
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-            future = loop.create_future()
-
-            def set_result() -> None:
-                if not future.done():
-                    future.set_result(None)
-
-            def wake() -> None:
-                loop.call_soon_threadsafe(set_result)
-
-            self.wake = wake
-            self._wait: Callable[[], Awaitable[Any]] = lambda: future
-        else:
-            import trio
-
-            event = trio.Event()
-            token = trio.lowlevel.current_trio_token()
-            self.wake = lambda: token.run_sync_soon(event.set)
-            self._wait = event.wait
+        self._event = backend.new_event()
+        # Thread-safe; RuntimeError if the waiter's loop is gone.
+        self.wake = self._event.set
 
     async def wait(self) -> None:
-        await self._wait()
+        await self._event.wait()
 
 
 _default_limiter = ThreadLimiter(40)
@@ -539,64 +319,17 @@ async def _to_thread(
 ) -> T:
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {type(fn).__qualname__!r}")
-    asyncio = sys.modules.get("asyncio")
-    trio = sys.modules.get("trio")
     # A task, not just a loop: a Trio guest run on an asyncio host steps its
     # tasks in asyncio callbacks, where a loop runs but no asyncio task.
-    loop = asyncio._get_running_loop() if asyncio is not None else None
-    on_asyncio = loop is not None and asyncio.current_task(loop) is not None  # type: ignore[union-attr]
-    if not on_asyncio and trio is None:
+    backend = _backends.current_backend()
+    if backend is None:
         raise RuntimeError("to_thread() must be called from an asyncio or Trio task")
-    await limiter._acquire("asyncio" if on_asyncio else "trio")
+    await limiter._acquire(backend)
     try:
-        if on_asyncio:
-            return await _to_thread_asyncio(asyncio, fn, args, kwargs)
-        # Trio's own worker threads give trio.from_thread.run (and so await_)
-        # the semantics we want; our limiter replaces its default one.
-        call = functools.partial(fn, *args, **kwargs)
-        return await trio.to_thread.run_sync(call, limiter=_unlimited(trio))  # type: ignore[no-any-return,union-attr]
+        call = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+        return await backend.to_thread(call, _threads.run)
     finally:
         limiter._release()
-
-
-def _unwrap(outcome: tuple[bool, Any]) -> Any:
-    """Return the value of an ``(ok, value)`` outcome, or raise its exception."""
-    ok, value = outcome
-    if ok:
-        return value
-    try:
-        raise value
-    finally:
-        del value, outcome
-
-
-async def _to_thread_asyncio(
-    asyncio: Any,
-    fn: Callable[..., T],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> T:
-    host = _Host(asyncio.get_running_loop())
-    context = contextvars.copy_context()
-    outcome: list[Any] = []
-
-    def work() -> Callable[[], None]:
-        _state.host = host
-        try:
-            outcome.append((True, context.run(fn, *args, **kwargs)))
-        except BaseException as error:
-            outcome.append((False, error))
-        finally:
-            _state.host = None
-        return host.thread_done
-
-    _threads.run(work)
-    await _serve(host, asyncio)
-    return _unwrap(outcome.pop())  # type: ignore[no-any-return]
-
-
-def _unlimited(trio: Any) -> Any:
-    return trio.CapacityLimiter(float("inf"))
 
 
 # Coroutine functions, not just functions returning awaitables, so that the

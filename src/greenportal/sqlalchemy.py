@@ -36,7 +36,8 @@ from typing import Any
 
 import greenlet
 
-from ._portal import PortalGreenlet, await_, portal_of_current_task
+from ._await import await_, current_portal
+from ._portal import PortalGreenlet
 
 __all__ = ["disable", "enable", "is_enabled"]
 
@@ -85,7 +86,7 @@ class _Provider:
             return self
         if gr is not _getcurrent():
             return True  # the class's answer; only the current greenlet can await
-        if portal_of_current_task() is None:
+        if current_portal() is None:
             # A pooled portal greenlet, or another task's (an eager task's
             # first step): SQLAlchemy raises MissingGreenlet, as it should.
             return False

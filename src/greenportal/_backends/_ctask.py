@@ -37,11 +37,9 @@ import ctypes
 import sys
 from typing import Any, NoReturn
 
-_WORD = ctypes.sizeof(ctypes.c_void_p)
+from .. import _accel
 
-# The compiled check-write-verify (greenportal._speedups.swap_coro), set by
-# greenportal._portal when the extension is in use; else None.
-_swap_coro: Any = None
+_WORD = ctypes.sizeof(ctypes.c_void_p)
 # {Task type: byte offset of its coroutine pointer}
 _offsets: dict[type, int] = {}
 
@@ -87,27 +85,36 @@ def set_coro(task: Any, new: object) -> None:
     offset = _offsets.get(tp)
     if offset is None:
         offset = _find_offset(task, old)
-    if _swap_coro is not None:
-        # The same checks and write, compiled (the ctypes calls below cost
-        # microseconds, and every ensure_portal() of a new task pays them).
-        done = _swap_coro(task, offset, old, new)
-        if done == 0:
-            _raise_check_failed(tp)
-        if done < 0:
-            _raise_not_seen(tp)
-        _offsets[tp] = offset
-        return
+    done = _swap_coro(task, offset, old, new)
+    if done == 0:
+        _raise_check_failed(tp)
+    if done < 0:
+        _raise_not_seen(tp)
+    _offsets[tp] = offset
+
+
+def _write_coro(task: Any, offset: int, old: object, new: object) -> int:
+    """Check, write, verify: make the pointer at *offset* in *task* point to *new*.
+
+    Returns 1 on success, 0 if the word there was not *old* (nothing written),
+    -1 if the task did not see the write (it was undone).  The caller keeps
+    *old* alive.  (Compiled twin: ``_speedups.swap_coro``, which spares the
+    microseconds of these ctypes calls on every ``ensure_portal()``.)
+    """
     address = id(task) + offset
     if _word_at(address) != id(old):
-        _raise_check_failed(tp)
+        return 0
     _incref(new)
     ctypes.c_void_p.from_address(address).value = id(new)
     if task.get_coro() is not new:
         ctypes.c_void_p.from_address(address).value = id(old)
         _decref(new)
-        _raise_not_seen(tp)
+        return -1
     _decref(old)
-    _offsets[tp] = offset
+    return 1
+
+
+_swap_coro = _accel.pick("swap_coro", _write_coro)
 
 
 def _raise_check_failed(tp: type) -> NoReturn:

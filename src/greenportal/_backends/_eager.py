@@ -27,7 +27,7 @@ from typing import Any
 
 import greenlet
 
-from ._portal import Portal, PortalGreenlet
+from .._portal import Portal, PortalGreenlet
 
 # Factories we made: never wrap them again.
 _ours: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()

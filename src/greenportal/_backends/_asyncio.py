@@ -1,0 +1,534 @@
+"""asyncio (and uvloop, and anyio on asyncio) behind the backend interface.
+
+What lives here
+---------------
+* :class:`AsyncioBackend`: the portal operations (find the task, read and
+  replace its coroutine, the two kinds of yield), the task-tree scope, the
+  cross-thread event and the ``to_thread`` host;
+* :class:`Host`: the task that started a worker thread, serving the
+  thread's ``await_`` calls (see "Running the awaitable in the starting
+  task" below);
+* :class:`RunnerLoop`: a Runner's event loop on its own thread.
+
+The eager-factory guard (``_eager``) and the checked write into the C Task
+(``_ctask``) are modules of their own, used only from here.  This module is
+imported only once asyncio is (``_backends.get_backend``), so it imports
+asyncio at the top.
+
+Running the awaitable in the starting task
+------------------------------------------
+Trio's ``from_thread.run`` runs the awaitable *inside the task that started
+the thread*, so the task's cancel scopes apply, with the context variables
+the thread sees.  We give asyncio the same semantics: while the thread runs,
+the starting task sits in :func:`_serve`, waiting for either the thread's end
+or an await request.  It runs a request by stepping the awaitable itself,
+each step inside a copy of the thread's context.  So a cancellation of the
+starting task lands in the awaitable and reaches the thread as the native
+``asyncio.CancelledError``, exactly as it would reach a native ``await``.
+
+Rejected: ``asyncio.run_coroutine_threadsafe`` onto the loop (a new task:
+cancelling the starting task would not reach it, and asyncio.timeout around
+``to_thread`` would never fire inside it).
+
+Cancellation while the thread runs plain sync code cannot interrupt it.  Like
+Trio's default, the task waits for the thread: the cancellation is delivered
+at the thread's next ``await_`` (once, as asyncio delivers a cancellation
+once), or, if the thread never awaits again, raised in the task when the
+thread returns.  The thread is never abandoned, so no work outlives the task.
+
+Task trees
+----------
+asyncio has no hook for new tasks like Trio's instruments, but it has the
+two things we need: a context that every task copies from the code that
+creates it, and a per-loop task factory.  Entering the scope sets a context
+variable; our factory, chained in front of whatever factory the loop already
+had (eager ones included), wraps the coroutine of every task created where
+that variable is set.  Each such task copies the variable into its own
+context, so its children get portals too, transitively, and tasks created
+after the scope has exited, or outside it, do not.  The factory is removed
+when the last scope on the loop exits, if nobody has installed another
+factory on top of it.  Known gap: an asyncio task created with an explicit
+``context=`` follows that context, not the creating code's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.tasks
+import contextlib
+import contextvars
+import sys
+import threading
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from typing import Any, TypeVar
+
+from .. import _await
+from .._outcome import Outcome, close_refused
+from .._portal import Portal
+from . import _ctask, _eager
+from ._common import Job, Spawn, fail_closed, worker
+
+# Eager task factories exist from 3.12 on (see _eager).
+_EAGER: bool = sys.version_info >= (3, 12)
+
+T = TypeVar("T")
+
+
+@types.coroutine
+def _bare_yield() -> Generator[None, None, None]:
+    yield
+
+
+class AsyncioBackend:
+    name = "asyncio"
+    sleep0 = "asyncio.sleep(0)"
+
+    def __init__(self) -> None:
+        self._pytask: type | None = getattr(asyncio.tasks, "_PyTask", None)
+        self._ctask: type | None = getattr(asyncio.tasks, "_CTask", None)
+        prepare_loop = _eager.guard_loop if _EAGER else None
+        _await.bind_current_asyncio_task(
+            asyncio.current_task, asyncio._get_running_loop, prepare_loop
+        )
+
+    # -- portal operations ---------------------------------------------------
+
+    def current_task(self) -> object | None:
+        try:
+            return asyncio.current_task()
+        except RuntimeError:
+            return None
+
+    def get_coro(self, task: Any) -> object:
+        if task.done():
+            # A finished task has no coroutine to speak of; and on CPython
+            # 3.12.0-3.12.2, get_coro() on a task finished by an eager factory
+            # crashes the interpreter (it returns NULL).
+            return None
+        return task.get_coro()
+
+    def set_coro(self, task: Any, coro: object) -> None:
+        if self._ctask is not None and isinstance(task, self._ctask):
+            _ctask.set_coro(task, coro)
+        else:
+            task._coro = coro
+
+    def checkpoint(self) -> Awaitable[None]:
+        return asyncio.sleep(0)
+
+    async def schedule_point(self) -> None:
+        task = asyncio.current_task()
+        try:
+            await _bare_yield()
+        except asyncio.CancelledError as exc:
+            # Not a cancellation point: hand the request back to the task so
+            # that its next real await sees it.
+            assert task is not None
+            if sys.version_info >= (3, 11):
+                task.uncancel()
+            task.cancel(*exc.args)
+
+    def task_id(self, task: Any) -> int | None:
+        return id(task)
+
+    def prepare(self) -> None:
+        if _EAGER:
+            _eager.guard_loop(asyncio.get_running_loop())
+
+    def owns(self, task: object) -> bool:
+        return isinstance(task, asyncio.Task) or (
+            self._pytask is not None and isinstance(task, self._pytask)
+        )
+
+    # -- task trees, threads ---------------------------------------------------
+
+    def children_scope(self) -> contextlib.AbstractContextManager[None]:
+        return _children_scope()
+
+    def new_event(self) -> Event:
+        return Event(asyncio.get_running_loop())
+
+    async def to_thread(self, fn: Callable[[], T], spawn: Spawn) -> T:
+        host = Host(asyncio.get_running_loop())
+        context = contextvars.copy_context()
+        outcome: list[Outcome[T]] = []
+
+        def work() -> Callable[[], None]:
+            worker.host = host
+            try:
+                outcome.append(Outcome.capture(context.run, fn))
+            finally:
+                worker.host = None
+            return host.thread_done
+
+        spawn(work)
+        await _serve(host)
+        return outcome.pop().unwrap()
+
+
+# -- the cross-thread event ------------------------------------------------------
+
+
+class Event:
+    """Set from any thread, waited on by one task on *loop*; re-arms after each wait."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future = loop.create_future()
+
+    async def wait(self) -> None:
+        await self._future
+        self._future = self._loop.create_future()
+
+    def set(self) -> None:
+        """Thread-safe; RuntimeError if the loop is closed."""
+        self._loop.call_soon_threadsafe(self._set)
+
+    def _set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+
+# -- the to_thread host ------------------------------------------------------------
+
+
+class Host:
+    """The asyncio task that started a worker thread, serving its await_ calls.
+
+    Thread side: :meth:`request` stores an awaitable and a copy of the
+    thread's context in ``pending``, wakes the task, and blocks on ``reply``.
+    Loop side: :func:`_serve` runs it and stores the outcome.  Invariants:
+    at most one request is pending (the thread blocks on it); ``reply`` is
+    held except between the task's answer and the thread taking it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: tuple[Awaitable[Any], contextvars.Context] | None = None
+        self.answer: Outcome[Any] = Outcome(None)
+        self.reply = threading.Lock()
+        self.reply.acquire()
+        self.finished = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def request(self, aw: Awaitable[T]) -> T:
+        if self.loop.is_closed():
+            close_refused(aw)
+            raise RuntimeError("the event loop that started this thread is closed")
+        get_loop = getattr(aw, "get_loop", None)
+        if get_loop is not None and get_loop() is not self.loop:
+            raise RuntimeError(
+                "await_() got a Future bound to another event loop than the one that "
+                "started this worker thread; await it on its own loop"
+            )
+        self.pending = (aw, contextvars.copy_context())
+        del aw
+        self.loop.call_soon_threadsafe(self.wake)
+        self.reply.acquire()
+        answer, self.answer = self.answer, Outcome(None)
+        return answer.unwrap()  # type: ignore[no-any-return]
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def thread_done(self) -> None:
+        self.finished = True
+        try:
+            self.loop.call_soon_threadsafe(self.wake)
+        except RuntimeError:  # pragma: no cover - the loop closed under us
+            pass
+
+
+class _InContext:
+    """Await *aw*, running each of its steps inside *context*."""
+
+    __slots__ = ("aw", "context")
+
+    def __init__(self, aw: Awaitable[Any], context: contextvars.Context) -> None:
+        self.aw = aw
+        self.context = context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        run = self.context.run
+        it = run(_iter, self.aw)
+        self.aw = None  # type: ignore[assignment]
+        send = it.send
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                trap = run(send, value) if error is None else run(it.throw, error)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                error = None
+            try:
+                value = yield trap
+            except BaseException as thrown:
+                error = thrown
+                value = None
+
+
+def _iter(aw: Awaitable[Any]) -> Generator[Any, Any, Any]:
+    return aw.__await__()
+
+
+async def _serve(host: Host) -> None:
+    """Serve *host*'s thread until it finishes (see the module notes)."""
+    loop = host.loop
+    # A cancellation that arrived while the thread ran sync code, not yet
+    # delivered to it.
+    undelivered: BaseException | None = None
+    while True:
+        pending = host.pending
+        if pending is not None:
+            host.pending = None
+            aw, context = pending
+            del pending
+            if undelivered is not None:
+                close_refused(aw)
+                host.answer = Outcome(error=undelivered)
+                undelivered = None
+            else:
+                try:
+                    host.answer = Outcome(await _InContext(aw, context))
+                except BaseException as error:
+                    host.answer = Outcome(error=error)
+            del aw, context
+            host.reply.release()
+            continue
+        if host.finished:
+            break
+        host.waiter = loop.create_future()
+        try:
+            await host.waiter
+        except asyncio.CancelledError as error:
+            undelivered = error
+        finally:
+            host.waiter = None
+    if undelivered is not None:
+        raise undelivered
+
+
+# -- task trees ------------------------------------------------------------------
+
+# True in the context of code (and of tasks created from it) inside a tree scope.
+_in_tree: contextvars.ContextVar[bool] = contextvars.ContextVar("greenportal_tree", default=False)
+
+
+def _wrap_for_tree(coro: Any, context: contextvars.Context | None) -> tuple[Any, Portal | None]:
+    """Wrap *coro* in a portal if the task is being created inside a tree scope."""
+    active = context.get(_in_tree, False) if context is not None else _in_tree.get()
+    if not active or type(coro) is Portal or not asyncio.iscoroutine(coro):
+        return coro, None
+    portal = Portal(coro)
+    return portal, portal
+
+
+def _tree_factory(inner: Callable[..., Any] | None) -> Callable[..., Any]:
+    """A task factory that behaves like *inner* and gives tree tasks portals."""
+    ctor = _eager.eager_constructor(inner) if _EAGER else None
+    if ctor is not None:
+        # Made by asyncio.create_eager_task_factory(ctor): we make another one
+        # around our own constructor rather than wrapping the factory, because
+        # code that must not start tasks eagerly (anyio's task groups)
+        # recognises such factories and calls their constructor itself.
+        return _eager.make_eager_factory(ctor, _wrap_for_tree)
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        coro, portal = _wrap_for_tree(coro, kwargs.get("context"))
+        if inner is not None:
+            task = inner(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        if portal is not None:
+            portal.task_id = id(task)
+        return task
+
+    return factory
+
+
+class _TreeState:
+    """Our task factory on one loop, and how to take it out again."""
+
+    def __init__(self, inner: Callable[..., Any] | None) -> None:
+        # The factory the loop had before us.
+        self.inner = inner
+        # What we installed in its place.
+        self.factory = _tree_factory(inner)
+        # Number of scopes on this loop that are active now; 0 => uninstall.
+        self.scopes = 0
+
+
+_tree_states: weakref.WeakKeyDictionary[Any, _TreeState] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _children_scope() -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    state = _tree_states.get(loop)
+    if state is None or loop.get_task_factory() is not state.factory:
+        state = _tree_states[loop] = _TreeState(loop.get_task_factory())
+        loop.set_task_factory(state.factory)
+    state.scopes += 1
+    token = _in_tree.set(True)
+    try:
+        yield
+    finally:
+        _in_tree.reset(token)
+        state.scopes -= 1
+        if state.scopes == 0 and loop.get_task_factory() is state.factory:
+            loop.set_task_factory(state.inner)
+            del _tree_states[loop]
+
+
+# -- a Runner's loop -------------------------------------------------------------
+
+
+class RunnerLoop:
+    """An asyncio event loop running in its own thread, for a Runner."""
+
+    def __init__(
+        self, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, debug: bool | None
+    ) -> None:
+        self._factory = loop_factory or asyncio.new_event_loop
+        self._debug = debug
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread_id = 0
+        self._thread: threading.Thread | None = None
+        # Jobs begun and not finished.  Touched on the loop thread only.
+        self._jobs: set[Job] = set()
+        self._closing = False
+
+    def start(self, name: str) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                loop = self._factory()
+                if self._debug is not None:
+                    loop.set_debug(self._debug)
+                asyncio.set_event_loop(loop)
+                self.loop = loop
+                self.thread_id = threading.get_ident()
+            except BaseException as error:
+                failure.append(error)
+                ready.set()
+                return
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+                # Run what was scheduled after the stop, here rather than in
+                # the closing thread (which may be running a loop of its own):
+                # late _begin calls fail their jobs.
+                self._closing = True
+                loop.run_until_complete(asyncio.sleep(0))
+            finally:
+                asyncio.set_event_loop(None)
+
+        self._thread = threading.Thread(target=main, name=name, daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            raise failure[0]
+
+    def native_loop(self) -> asyncio.AbstractEventLoop:
+        assert self.loop is not None
+        return self.loop
+
+    def is_foreign(self, aw: object) -> bool:
+        """Is *aw* a Future bound to another loop than this one?"""
+        get_loop = getattr(aw, "get_loop", None)
+        return get_loop is not None and get_loop() is not self.loop
+
+    def spawn(self, job: Job) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._begin, job)
+
+    def _begin(self, job: Job) -> None:
+        if self._closing:
+            fail_closed(job, asyncio.CancelledError())
+            return
+        assert self.loop is not None
+        self._jobs.add(job)
+        job.handle = self.loop.create_task(self._drive(job))
+
+    async def _drive(self, job: Job) -> None:
+        # Cancellation before the task's first step would skip this body and
+        # leave the job unfinished, so cancel() and close() only flag a job
+        # that has not started, and it checks the flags here.
+        job.started = True
+        try:
+            if job.cancel_requested or job.closing:
+                close_refused(job.fn)
+                job.fail(asyncio.CancelledError())
+            else:
+                await job.run()
+        finally:
+            self._jobs.discard(job)
+            job.finish()
+
+    def cancel(self, job: Job) -> None:
+        """Cancel *job* if it runs, or make it fail when it starts (thread-safe)."""
+
+        def cancel() -> None:
+            job.cancel_requested = True
+            if job.started:  # its Task is live
+                job.handle.cancel()
+
+        self.call_soon(cancel)
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(fn)
+
+    def new_event(self) -> Event:
+        assert self.loop is not None
+        return Event(self.loop)
+
+    def shutdown(self, before: Callable[[], Awaitable[None]]) -> None:
+        """Run *before* on the loop, then the shutdown sequence; join the thread."""
+        loop = self.loop
+        assert loop is not None and self._thread is not None
+
+        async def sequence() -> None:
+            await before()
+            self._closing = True
+            for job in self._jobs:
+                job.closing = True
+            this = asyncio.current_task()
+            # Jobs whose task has not started fail by themselves when it does.
+            unstarted = {job.handle for job in self._jobs if not job.started}
+            tasks = [t for t in asyncio.all_tasks() if t is not this]
+            for task in tasks:
+                if task not in unstarted:
+                    task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await loop.shutdown_asyncgens()
+            try:
+                await loop.shutdown_default_executor()
+            except RuntimeError as error:
+                # Python 3.12 starts no thread at interpreter exit, and asyncio
+                # needs one here; concurrent.futures' own exit hook, which runs
+                # before atexit's, has already joined the executor's threads.
+                if "interpreter shutdown" not in str(error):
+                    raise
+
+        def begin() -> None:
+            task = loop.create_task(sequence())
+            task.add_done_callback(lambda _: loop.stop())
+
+        loop.call_soon_threadsafe(begin)
+        self._thread.join()
+        # Make sure no caller waits for a job that never ran.
+        self._closing = True
+        for job in list(self._jobs):
+            fail_closed(job, asyncio.CancelledError())
+        loop.close()

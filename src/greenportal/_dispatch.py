@@ -1,0 +1,100 @@
+"""await_'s slow path: where an await goes when this greenlet is not its task's portal.
+
+The fast path (``_await.await_box``) handles one case: the current greenlet
+is the portal greenlet of the running task.  Everything else comes here:
+
+1. a greenlet running *inside* the task's portal greenlet (SQLAlchemy's
+   ``greenlet_spawn``, say): the portal is found by walking up the greenlet
+   parents, and this greenlet, not the portal greenlet, is resumed with each
+   answer until the await is done;
+2. no asyncio or Trio task runs in this thread: a worker thread or a program
+   without an event loop, which ``_threads.await_without_portal`` serves;
+3. a task runs here but has no usable portal: a ``RuntimeError`` that says
+   why (bestowed but not active yet, or none at all) and what to do.
+
+Registered with the engine at import (``_await.register_slow_path``): the
+engine does not import the layers above it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, NoReturn
+
+from . import _await, _backends, _threads
+from ._outcome import close_refused
+from ._portal import Portal, _strip_own_frame, getcurrent
+
+
+def await_slow(aw: object) -> Any:
+    """await_ when the current greenlet is not a portal greenlet of the current task."""
+    try:
+        it = _await._awaitable_iter(aw)
+    except TypeError as error:
+        close_refused(aw)
+        _strip_own_frame(error)
+        raise
+    portal = _await.current_portal()
+    if portal is None:
+        del it
+        try:
+            if _backends.current_backend() is None and _backends.unsupported_library() is None:
+                # No task runs in this thread: a worker thread, or a
+                # program without an event loop (see _threads).
+                return _threads.await_without_portal(aw)  # type: ignore[arg-type]
+            raise_no_portal()
+        except BaseException as error:
+            close_refused(aw)
+            _strip_own_frame(error)
+            raise
+    here = getcurrent()
+    del aw
+    outer = portal._awaiting
+    portal._awaiting = it
+    del it
+    ref = weakref.ref(portal)
+    drive = _await.drive_await
+    try:
+        if here is portal._gr:
+            del portal
+            return drive(ref, outer)
+        # A foreign greenlet (SQLAlchemy's greenlet_spawn, say) running inside
+        # the portal greenlet: resume it, not the portal greenlet, until done.
+        saved = portal._target
+        portal._set_target(here)
+        del portal
+        try:
+            return drive(ref, outer)
+        finally:
+            restore = ref()
+            if restore is not None:
+                restore._set_target(saved)
+    except BaseException as error:
+        _strip_own_frame(error)
+        raise
+
+
+def raise_no_portal() -> NoReturn:
+    """Raise the RuntimeError that explains why this task has no usable portal."""
+    backend, task = _backends.current_backend_and_task()
+    coro = backend.get_coro(task)
+    if isinstance(coro, Portal) and coro._gr is None:
+        msg = (
+            "this task's portal was bestowed but is not active yet: yield to the event "
+            f"loop once (for example 'await {backend.sleep0}') after "
+            "greenportal.bestow_portal(<this task>) and before calling await_()"
+        )
+    else:
+        msg = (
+            "await_() needs a portal in the current task, and this task has none; it "
+            "cannot simply block either, since the awaitable needs this thread's event "
+            "loop to make progress. Create a portal with 'await greenportal.ensure_portal()' "
+            "at the top of the task, or run the code with 'await "
+            "greenportal.with_portal_run(async_fn, ...)' or 'await "
+            "greenportal.with_portal_run_sync(sync_fn, ...)', or move the sync code to a "
+            "worker thread with 'await greenportal.to_thread(sync_fn, ...)'"
+        )
+    raise RuntimeError(msg)
+
+
+_await.register_slow_path(await_slow)
