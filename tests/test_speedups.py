@@ -122,3 +122,77 @@ def test_a_stray_switch_to_the_hub_is_a_clear_error(backend: Any) -> None:
             await greenportal.with_portal_run_sync(rogue)
 
     backend.run(main)
+
+
+# -- checked twins: every compiled function has a Python twin, named in _accel.TWINS
+
+
+def _reference(target: str) -> Any:
+    module_name, _, name = target.partition(":")
+    module = importlib.import_module(module_name)
+    return module, getattr(module, name)
+
+
+def test_every_compiled_export_is_in_the_table() -> None:
+    import types
+
+    built = importlib.util.find_spec("greenportal._speedups")
+    if built is None:
+        pytest.skip("the C accelerator is not built here")
+    speedups = importlib.import_module("greenportal._speedups")
+    exported = {
+        name
+        for name, value in vars(speedups).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert exported == set(_accel.TWINS), (
+        f"exported but not in _accel.TWINS: {sorted(exported - set(_accel.TWINS))}; "
+        f"in the table but not exported: {sorted(set(_accel.TWINS) - exported)}"
+    )
+
+
+def test_every_twin_in_the_table_is_a_python_reference_that_keeps_its_name() -> None:
+    import inspect
+
+    for compiled, target in _accel.TWINS.items():
+        if target is None:
+            continue
+        module, reference = _reference(target)
+        name = target.partition(":")[2]
+        # A Python function or class, defined in that module under that name:
+        # never rebound to the compiled one.
+        assert inspect.isfunction(reference) or inspect.isclass(reference), target
+        assert reference.__module__ == module.__name__, target
+        assert reference.__name__ == name, target
+        assert reference.__qualname__ == name, target
+        if inspect.isclass(reference):
+            assert all(
+                inspect.isfunction(v) or not callable(v) for v in vars(reference).values()
+            ), f"{target} holds compiled methods"
+        if COMPILED:
+            assert reference is not getattr(_accel._speedups, compiled), target
+
+
+def test_pick_refuses_what_the_table_does_not_twin() -> None:
+    with pytest.raises(KeyError, match="not a twinned function"):
+        _accel.pick("configure", len)
+    with pytest.raises(KeyError, match="not a twinned function"):
+        _accel.pick("no_such_function", len)
+
+
+def test_the_implementation_in_use_matches_the_build() -> None:
+    from greenportal import _await
+
+    picked = {
+        "acquire": _portal.acquire,
+        "release": _portal.release,
+        "run_job": _portal.run_job,
+        "drive_await": _await.drive_await,
+        "await_box": _await.await_box,
+        "portal_of_current_task": _await.current_portal,
+        "inline_task_id": _await.inline_portal_id,
+    }
+    for compiled, active in picked.items():
+        _, reference = _reference(_accel.TWINS[compiled] or "")
+        expected = getattr(_accel._speedups, compiled) if COMPILED else reference
+        assert active is expected, compiled

@@ -7,23 +7,36 @@
  * 0.6 us on the machines we measure; the pure-Python glue around it (the
  * Portal.send frame, the loop that drives the coroutine on the portal
  * greenlet, weak-reference lookups, bound-method creation) cost as much again
- * and more.  Issue 3's targets (a step within 1.5x of the bare switch pair,
- * await_ within 2x) cannot be reached from Python bytecode, so the four
- * functions on that path live here:
+ * and more.  Issue 3's targets (a step within 1.5x of the bare switch
+ * pair, await_ within 2x) cannot be reached from Python bytecode, so the
+ * path lives here, each function beside the Python twin it mirrors line for
+ * line (greenportal._accel.TWINS names every pair, and a test fails if this
+ * module exports anything the table does not name):
  *
- *   PortalBase.send / am_send / tp_iternext   the hub side of one step
- *   drive_coroutine(ref, value)               the portal greenlet's loop
- *   drive_await(ref, outer)                   await_'s loop
- *   await_box([aw])                           await_'s fast path
- *   acquire / release / PortalBase rehoming   the per-thread greenlet pool
- *   PortalBase's finalizer                    free for finished portals
- *   swap_coro(task, offset, old, new)         _ctask's checked write
+ *   PortalBase: send / am_send / tp_iternext,  _portal._PurePortal
+ *     rehoming, tp_finalize
+ *   run_job(me, value)                         _portal._run_job
+ *   drive_coroutine(ref, value)                _portal._drive_coroutine
+ *   drive_await(ref, outer)                    _await._drive_await
+ *   await_box([aw])                            _await._await_box
+ *   portal_of_current_task()                   _await.portal_of_current_task
+ *   inline_task_id()                           _await.inline_task_id
+ *   acquire(hub) / release(gr)                 _portal._acquire / _release
+ *   swap_coro(task, offset, old, new)          _backends._ctask._write_coro
  *
- * Everything else (rehoming, throw, close, finalization, introspection)
- * stays in Python, in greenportal._portal, which also holds a pure-Python
- * version of exactly these four functions.  The two are interchangeable:
- * the test suite runs against both (GREENPORTAL_PURE_PYTHON=1 selects the
- * Python one), and _portal.py's docstring is the design document for both.
+ * plus configure() and set_current_task(), through which greenportal._await
+ * (by way of greenportal._accel, the only module that imports this one)
+ * hands over the markers, classes and hooks shared with the Python code.
+ *
+ * Everything else (throw, close, detach, the finalizer's work,
+ * introspection, await_'s slow path, and the Python-side rehoming that throw
+ * uses) stays in Python, shared by both builds.  The Python references keep
+ * their names and are never rebound: _portal and _await pick each
+ * implementation once, under names of their own (acquire, run_job,
+ * drive_await, await_box, current_portal, inline_portal_id), and the test
+ * suite runs against both builds on every Python (GREENPORTAL_PURE_PYTHON=1
+ * selects the Python one).  _portal.py's docstring is the design document
+ * for both.
  *
  * What was rejected
  * -----------------
@@ -54,7 +67,7 @@
 #include <Python.h>
 #include "structmember.h"
 
-/* ---- objects handed over by greenportal._portal.configure() ------------- */
+/* ---- objects handed over by configure() (from greenportal._await) ------- */
 
 static PyObject *g_getcurrent;     /* greenlet.getcurrent */
 static PyObject *g_parked;         /* _PARKED */
@@ -892,9 +905,8 @@ drive_coroutine(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * coroutine, or its sync function) to the end, hand the outcome to the hub,
  * and wait idle in the pool for the next job, whose first value it returns.
  * Returns the outcome's marker instead when the pool is full: the caller
- * (the compiled-mode _worker, a Python frame on purpose, see _portal.py)
- * then returns it and the greenlet ends.  The Python twin is the body of
- * the pure-Python _worker's loop. */
+ * (_portal._worker, a Python frame on purpose in both builds) then returns
+ * it and the greenlet ends.  The Python twin is _portal._run_job. */
 static PyObject *
 run_job(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -995,7 +1007,7 @@ run_job(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return next;
 }
 
-/* portal_of_current_task(): the twin of _portal.portal_of_current_task. */
+/* portal_of_current_task(): the twin of _await.portal_of_current_task. */
 static PyObject *
 portal_of_current_task(PyObject *module, PyObject *unused)
 {
@@ -1058,7 +1070,7 @@ portal_of_current_task(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* await_'s loop (the Python twin is _portal._drive_await): run the portal's
+/* await_'s loop (the Python twin is _await._drive_await): run the portal's
  * current awaitable (portal->awaiting) to completion on this greenlet.
  * Consumes `outer`, which goes back into portal->awaiting when the wait ends.
  * Unlike the Python twin, no portal reference is held while the awaitable
@@ -1172,7 +1184,7 @@ serves_current_task(PortalObject *portal)
 }
 
 /* await_box([aw]): await_'s fast path.  The awaitable comes in a one-item
- * list that the Python wrapper (_portal.await_) no longer references any
+ * list that the Python wrapper (_await.await_) no longer references any
  * other way: on the fast path it is taken out of the list, so that while
  * the task is suspended no frame on the portal greenlet's stack holds it
  * (an argument of a C call stays on the caller's stack until the call
@@ -1242,7 +1254,7 @@ await_box(PyObject *module, PyObject *box)
     return result;
 }
 
-/* ---- replacing a C Task's coroutine (see _ctask.py) ---------------------- */
+/* ---- replacing a C Task's coroutine (see _backends/_ctask.py) ---------------------- */
 
 /* swap_coro(task, offset, old, new): if the pointer at `offset` bytes into
  * `task` is `old`, make it `new` and check that task.get_coro() now returns
@@ -1352,7 +1364,7 @@ set_current_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* inline_task_id(): for a portal made inline (with_portal_run and friends):
  * HAS_PORTAL if the current task already has a portal, else the task_id the
  * new portal records.  The asyncio case is answered here; anything else goes
- * to the Python twin's slow part (_portal._inline_task_id_slow). */
+ * to the Python twin's slow part (_await._inline_task_id_slow). */
 static PyObject *
 inline_task_id(PyObject *module, PyObject *unused)
 {
@@ -1424,7 +1436,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "greenportal._speedups",
-    .m_doc = "The portal's hot path in C; see greenportal._portal.",
+    .m_doc = "The portal's hot path in C; see greenportal._portal and greenportal._accel.",
     .m_size = -1,
     .m_methods = module_methods,
 };
