@@ -8,17 +8,22 @@ Usage::
 For each of CPython 3.10, 3.11, 3.12 and 3.13 that is found (``python3.X`` on
 PATH, else ``$PYENV_ROOT/versions/3.X*`` or ``~/.pyenv/versions/3.X*``), this
 creates or reuses ``.venv-test-3.X`` in the repository root, installs
-``-e .[test]`` into it and runs ``python -m pytest PYTEST_ARGS``.  Then, once,
-on the newest version found:
+``-e .[test]`` into it and runs ``python -m pytest PYTEST_ARGS``, then, when a
+C compiler is found, the suite again with ``GREENPORTAL_PURE_PYTHON=1`` (the
+pure-Python twins of the C accelerator; integrations included, only the
+tests of ``tools/pgcluster.py`` left out, as they exercise no greenportal
+code); it runs beside the compiled run of the same Python, its output
+shown when it ends (``--serial`` runs it after instead).  With a compiler the
+compiled runs set ``GREENPORTAL_REQUIRE_SPEEDUPS=1``: the accelerator must have
+been built.  Then, once, on the newest version found:
 
-* the suite again, without the integration, demo and cluster tests, with
-  ``GREENPORTAL_PURE_PYTHON=1`` (the pure-Python twin of the C accelerator),
-  when a C compiler is found (the main runs then set
-  ``GREENPORTAL_REQUIRE_SPEEDUPS=1``: the accelerator must have been built);
 * ``python -O -m pytest -q -k "ctask or await"`` (the ctypes code must work
   with asserts off);
 * the suite in ``.venv-notrio`` (``-e .[test-asyncio]``), where Trio is not
   installed (greenportal must work without it; the Trio tests skip);
+* the compiled layer's memory-safety slices (``scripts/reliability.py
+  --sanitize --short`` and ``--refleak --short``, when a C compiler is found;
+  see that script);
 * in ``.venv-lint`` (``-e .[lint,docs]``): ``ruff check``, ``ruff format
   --check``, ``mypy`` and, if ``docs/conf.py`` exists, a warnings-as-errors
   Sphinx build.
@@ -30,6 +35,7 @@ a failure).  Standard library only: needs nothing but a python3 to start.
 Options:
     --quick     test only the newest Python found (lint still runs)
     --no-lint   skip ruff, mypy and the docs build
+    --serial    run each pure-Python suite after its compiled one, not beside it
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -107,13 +114,32 @@ def venv_env(venv: Path | None) -> dict[str, str]:
     return env
 
 
-def execute(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float) -> int | str:
-    """Run *cmd* in the repo root, streaming its output; return its exit code or an error."""
-    say("$ " + shlex.join(cmd))
+def execute(
+    cmd: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float,
+    log: Path | None = None,
+    quiet: bool = False,
+) -> int | str:
+    """Run *cmd* in the repo root, streaming its output (or into *log*); return its exit code."""
+    if not quiet:
+        say("$ " + shlex.join(cmd))
+    out = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below
     try:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=not IS_WINDOWS)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            start_new_session=not IS_WINDOWS,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+        )
     except OSError as error:
         return f"could not start: {error}"
+    finally:
+        if out is not None:
+            out.close()
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -173,7 +199,7 @@ def step(
 ) -> Step:
     banner(name)
     counts: dict[str, int] = {}
-    report = REPORTS / f"{len(RESULTS)}.xml"
+    report = REPORTS / f"{name.replace(' ', '_').replace(',', '')}-{time.monotonic_ns()}.xml"
     if pytest:  # before the caller's arguments, so that their own --junitxml wins
         at = cmd.index("pytest") + 1
         cmd = [*cmd[:at], f"--junitxml={report}", *cmd[at:]]
@@ -197,6 +223,61 @@ def step(
     elif counts:
         note = f"{note}: {describe(counts)}"
     return record(Step(name, "FAIL", seconds, note, counts))
+
+
+class Background:
+    """A pytest step that runs beside the current one (or at join, with --serial).
+
+    Its output goes to a file, shown when :meth:`join` records the step: two
+    runs at once keep both cores of a small machine busy without mixing
+    their output.
+    """
+
+    def __init__(
+        self, name: str, cmd: list[str], *, venv: Path, env: dict[str, str], serial: bool
+    ) -> None:
+        self.name = name
+        self.env = {**venv_env(venv), **env}
+        self.log = REPORTS / f"background-{len(RESULTS)}-{time.monotonic_ns()}.log"
+        self.report = self.log.with_suffix(".xml")
+        at = cmd.index("pytest") + 1
+        self.cmd = [*cmd[:at], f"--junitxml={self.report}", *cmd[at:]]
+        self.rc: int | str = "not run"
+        self.seconds = 0.0
+        self.thread: threading.Thread | None = None
+        if not serial:
+            say(f"--- {name}: started in the background")
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        self.rc = execute(self.cmd, env=self.env, timeout=RUN_TIMEOUT, log=self.log, quiet=True)
+        self.seconds = time.monotonic() - start
+
+    def join(self) -> Step:
+        banner(self.name)
+        if self.thread is None:
+            say("$ " + shlex.join(self.cmd))
+            self._run()
+        else:
+            say("$ " + shlex.join(self.cmd) + "  (ran in the background)")
+            self.thread.join()
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        lines = text.splitlines()
+        # A passing run's progress dots say nothing: show its summary only.
+        shown = lines if self.rc != 0 else lines[-30:]
+        if len(shown) < len(lines):
+            say(f"[{len(lines) - len(shown)} lines of progress left out; all are shown on failure]")
+        for line in shown:
+            say(line)
+        counts = pytest_counts(self.report)
+        if self.rc == 0:
+            return record(Step(self.name, "PASS", self.seconds, describe(counts), counts))
+        note = self.rc if isinstance(self.rc, str) else f"exit {self.rc}"
+        if counts:
+            note = f"{note}: {describe(counts)}"
+        return record(Step(self.name, "FAIL", self.seconds, note, counts))
 
 
 # --- finding interpreters ----------------------------------------------------
@@ -364,6 +445,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--quick", action="store_true", help="test only the newest Python found")
     parser.add_argument("--no-lint", action="store_true", help="skip ruff, mypy and the docs")
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="run the pure-Python suites after, not beside, the compiled ones",
+    )
     return parser.parse_args(argv), pytest_args
 
 
@@ -471,24 +557,27 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
                 skip(f"pytest -O {version}", "its venv failed")
             continue
         py = str(venv_python(venv))
+        pure = None
+        if require:
+            # The same suite on the pure-Python twins of the compiled code,
+            # integrations included, in a thread of its own beside the
+            # compiled run (two cores: each run is one busy process), its
+            # output kept in a file and shown when it ends.
+            # (tests/test_pgcluster.py tests the test tooling's PostgreSQL
+            # launcher, which runs no greenportal code.)
+            pure = Background(
+                f"pytest {version}, pure Python",
+                [py, "-m", "pytest", "-q", "--ignore=tests/test_pgcluster.py", *pytest_args],
+                venv=venv,
+                env={"GREENPORTAL_PURE_PYTHON": "1"},
+                serial=args.serial,
+            )
         step(name, [py, "-m", "pytest", *pytest_args], venv=venv, pytest=True, env=require)
+        if pure is not None:
+            pure.join()
+        else:
+            skip(f"pytest {version}, pure Python", "no C compiler: the main run was pure Python")
         if version == newest.version:
-            if require:
-                # The same suite on the pure-Python twin of the compiled code.
-                # (The integration, demo and cluster tests exercise other
-                # libraries through the same portal code; the C runs cover them.)
-                skip_integrations = [
-                    "--ignore-glob=tests/test_int_*.py",
-                    "--ignore=tests/test_demo_app.py",
-                    "--ignore=tests/test_pgcluster.py",
-                ]
-                step(
-                    f"pytest {version}, pure Python",
-                    [py, "-m", "pytest", "-q", *skip_integrations, *pytest_args],
-                    venv=venv,
-                    pytest=True,
-                    env={"GREENPORTAL_PURE_PYTHON": "1"},
-                )
             step(
                 f"pytest -O {version}",
                 [py, "-O", "-m", "pytest", *QUIET_OPTIMIZE_WARNING, "-q", "-k", "ctask or await"],
@@ -496,6 +585,7 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
                 pytest=True,
             )
             run_without_trio(newest, pytest_args)
+            run_memory_checks(newest, require)
 
     lint_steps = ["ruff check", "ruff format --check", "mypy", "sphinx docs"]
     if args.no_lint:
@@ -543,6 +633,25 @@ def run_without_trio(python: Python, pytest_args: list[str]) -> None:
     if execute([py, "-c", absent], env=venv_env(venv), timeout=60) != 0:
         execute([py, "-m", "pip", "uninstall", "-q", "-y", "trio"], env=venv_env(venv), timeout=300)
     step(name, [py, "-m", "pytest", "-q", *pytest_args], venv=venv, pytest=True)
+
+
+MEMORY_TIMEOUT = 20 * 60
+
+
+def run_memory_checks(python: Python, require: dict[str, str]) -> None:
+    """The compiled layer's sanitizer and reference-leak slices (scripts/reliability.py)."""
+    names = ["sanitizer slice (ASan+UBSan)", "refleak slice (python3.11-dbg)"]
+    if not require:
+        for name in names:
+            skip(name, "no C compiler: there is no compiled layer to check")
+        return
+    script = str(ROOT / "scripts" / "reliability.py")
+    # The sanitizer run reuses the newest test venv (it has greenportal[test]).
+    tested = venv_python(ROOT / f".venv-test-{python.version}")
+    reuse = ["--python", str(tested)] if tested.exists() else []
+    for name, flag in zip(names, ["--sanitize", "--refleak"], strict=True):
+        cmd = [python.executable, script, flag, "--short", *(reuse if flag == "--sanitize" else [])]
+        step(name, cmd, timeout=MEMORY_TIMEOUT)
 
 
 def summary(total: float) -> int:

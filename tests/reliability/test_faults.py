@@ -266,9 +266,7 @@ def leftover_portal_greenlets() -> list[Any]:
         if isinstance(g, PortalGreenlet)
         and not g.dead
         # (an idle one waits in _worker, or in the pure-Python job loop under it)
-        and (
-            g.portal_ref() is not None or g.gr_frame.f_code.co_name not in ("_worker", "_run_job")
-        )
+        and (g.portal_ref() is not None or g.gr_frame.f_code.co_name not in ("_worker", "_run_job"))
     ]
 
 
