@@ -2,7 +2,9 @@
 
 :class:`Outcome` is the one result-or-exception type of greenportal's Python
 code: a Runner job's result, the answer a ``to_thread`` host sends its worker,
-a ``wrap_iter`` item and a worker thread's return all travel as one.  (The
+a ``wrap_iter`` item and a worker thread's return all travel as one (a
+Runner's ``Job`` is an ``Outcome`` itself, so that a round trip allocates
+nothing more).  (The
 portal greenlet's hand-over to its hub does not: it runs on the hot path in
 C as well, where the outcome is a marker plus the portal's ``_result`` slot,
 and allocating an object per finished job would cost every

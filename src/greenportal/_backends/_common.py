@@ -34,11 +34,13 @@ def is_cancellation(error: BaseException) -> bool:
     return trio is not None and isinstance(error, trio.Cancelled)
 
 
-class Job:
-    """One call on a Runner's loop, and its outcome.
+class Job(Outcome[Any]):
+    """One call on a Runner's loop, and (being an :class:`Outcome`) its outcome.
 
-    Invariant: ``done`` is held from creation until the outcome is stored;
-    :meth:`finish` releases it exactly once.
+    A job is its own outcome, rather than holding one, so that a Runner round
+    trip allocates nothing more than the job.  Invariant: ``done`` is held
+    from creation until the outcome is stored (``value``, or ``error`` for an
+    exception); :meth:`finish` releases it exactly once.
     """
 
     __slots__ = (
@@ -51,7 +53,6 @@ class Job:
         "future",
         "handle",
         "kwargs",
-        "outcome",
         "started",
     )
 
@@ -59,8 +60,8 @@ class Job:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        # None until the job has ended.
-        self.outcome: Outcome[Any] | None = None
+        self.value = None
+        self.error = None
         self.done = threading.Lock()
         self.done.acquire()
         # The asyncio Task (once created) or Trio CancelScope (once started).
@@ -87,25 +88,16 @@ class Job:
             )
         return aw
 
-    async def run(self) -> None:
-        """Await the work and record its outcome (BaseException included)."""
-        try:
-            self.outcome = Outcome(await self.make_awaitable())
-        except BaseException as error:
-            self.outcome = Outcome(error=error)
-
     def fail(self, error: BaseException) -> None:
-        self.outcome = Outcome(error=error)
+        self.error = error
 
     def finish(self) -> None:
-        outcome = self.outcome
-        assert outcome is not None
         future = self.future
         if future is not None:
-            error = outcome.error
+            error = self.error
             try:
                 if error is None:
-                    future.set_result(outcome.value)
+                    future.set_result(self.value)
                 elif self.closing:
                     future.set_exception(closed_error(error))
                 elif is_cancellation(error):
@@ -119,11 +111,13 @@ class Job:
 
     def result(self) -> Any:
         """The work's value; or raise its exception (RunnerClosedError if closed under it)."""
-        outcome = self.outcome
-        assert outcome is not None
-        if outcome.error is not None and self.closing:
-            raise closed_error(outcome.error)
-        return outcome.unwrap()
+        error = self.error
+        if error is None:
+            return self.value
+        if self.closing:
+            raise closed_error(error)
+        del error
+        return self.unwrap()
 
 
 def closed_error(cause: BaseException) -> RunnerClosedError:

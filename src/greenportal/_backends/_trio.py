@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _portal
-from .._outcome import Outcome, close_refused
+from .._outcome import close_refused
 from .._portal import Portal
 from ._common import Job, Spawn, fail_closed, install_portal
 
@@ -345,7 +345,7 @@ class RunnerLoop:
                         # Raises Cancelled, so that the work does not start (it
                         # would run up to its first checkpoint otherwise).
                         await self._trio.lowlevel.checkpoint()
-                    job.outcome = Outcome(await job.make_awaitable())
+                    job.value = await job.make_awaitable()
                 except BaseException as error:
                     job.fail(error)
                     close_refused(job.fn)
