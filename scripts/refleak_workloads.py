@@ -236,6 +236,43 @@ async def _blocking_target(x: int) -> int:
 blocking_double = greenportal.blocking(_blocking_target)
 
 
+def shared_workloads(backend: str, sleep: Callable[[float], Awaitable[Any]]) -> None:
+    """The workloads that read the same on both backends (only *sleep* differs)."""
+
+    async def p_exc() -> None:
+        await greenportal.with_portal_run_sync(sync_exceptions)
+        try:
+            await greenportal.with_portal_run_sync(sync_raise_out, sleep)
+        except Boom:
+            pass
+
+    async def n_exc() -> None:
+        await native_exceptions()
+        try:
+            await sleep(0)
+            raise Boom("out")
+        except Boom:
+            pass
+
+    pair("exceptions through await_", backend, "3 caught + 1 out of the job", p_exc, n_exc)
+
+    async def p_iter() -> None:
+        await greenportal.with_portal_run_sync(sync_iter, sleep)
+
+    async def n_iter() -> None:
+        await native_iter(sleep)
+
+    pair("async_iter", backend, "3-item async generator", p_iter, n_iter)
+
+    async def p_ctx() -> None:
+        await greenportal.with_portal_run_sync(sync_context, sleep)
+
+    async def n_ctx() -> None:
+        await native_context(sleep)
+
+    pair("async_context", backend, "async with, both awaits", p_ctx, n_ctx)
+
+
 def asyncio_workloads() -> None:
     sleep = asyncio.sleep
 
@@ -289,38 +326,7 @@ def asyncio_workloads() -> None:
 
     pair("bestow_portal", "asyncio", "on a task not yet started", p_bestow, n_bestow)
 
-    async def p_exc() -> None:
-        await greenportal.with_portal_run_sync(sync_exceptions)
-        try:
-            await greenportal.with_portal_run_sync(sync_raise_out, sleep)
-        except Boom:
-            pass
-
-    async def n_exc() -> None:
-        await native_exceptions()
-        try:
-            await sleep(0)
-            raise Boom("out")
-        except Boom:
-            pass
-
-    pair("exceptions through await_", "asyncio", "3 caught + 1 out of the job", p_exc, n_exc)
-
-    async def p_iter() -> None:
-        await greenportal.with_portal_run_sync(sync_iter, sleep)
-
-    async def n_iter() -> None:
-        await native_iter(sleep)
-
-    pair("async_iter", "asyncio", "3-item async generator", p_iter, n_iter)
-
-    async def p_ctx() -> None:
-        await greenportal.with_portal_run_sync(sync_context, sleep)
-
-    async def n_ctx() -> None:
-        await native_context(sleep)
-
-    pair("async_context", "asyncio", "async with, both awaits", p_ctx, n_ctx)
+    shared_workloads("asyncio", sleep)
 
     def sync_blocking() -> int:
         return blocking_double(3)
@@ -522,38 +528,7 @@ def trio_workloads() -> None:
 
     pair("with_portal_run", "trio", "async fn calling sync await_", p_run, n_run)
 
-    async def p_exc() -> None:
-        await greenportal.with_portal_run_sync(sync_exceptions)
-        try:
-            await greenportal.with_portal_run_sync(sync_raise_out, sleep)
-        except Boom:
-            pass
-
-    async def n_exc() -> None:
-        await native_exceptions()
-        try:
-            await sleep(0)
-            raise Boom("out")
-        except Boom:
-            pass
-
-    pair("exceptions through await_", "trio", "3 caught + 1 out of the job", p_exc, n_exc)
-
-    async def p_iter() -> None:
-        await greenportal.with_portal_run_sync(sync_iter, sleep)
-
-    async def n_iter() -> None:
-        await native_iter(sleep)
-
-    pair("async_iter", "trio", "3-item async generator", p_iter, n_iter)
-
-    async def p_ctx() -> None:
-        await greenportal.with_portal_run_sync(sync_context, sleep)
-
-    async def n_ctx() -> None:
-        await native_context(sleep)
-
-    pair("async_context", "trio", "async with, both awaits", p_ctx, n_ctx)
+    shared_workloads("trio", sleep)
 
     def in_thread_portal() -> int:
         return sync_await_basic(sleep)

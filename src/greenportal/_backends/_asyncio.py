@@ -68,7 +68,7 @@ from .. import _await
 from .._outcome import Outcome, close_refused
 from .._portal import Portal
 from . import _ctask, _eager
-from ._common import Job, Spawn, fail_closed, worker
+from ._common import Job, Spawn, cancel_job, fail_closed, worker
 
 # Eager task factories exist from 3.12 on (see _eager).
 _EAGER: bool = sys.version_info >= (3, 12)
@@ -481,13 +481,7 @@ class RunnerLoop:
 
     def cancel(self, job: Job) -> None:
         """Cancel *job* if it runs, or make it fail when it starts (thread-safe)."""
-
-        def cancel() -> None:
-            job.cancel_requested = True
-            if job.started:  # its Task is live
-                job.handle.cancel()
-
-        self.call_soon(cancel)
+        cancel_job(job, self.call_soon)
 
     def call_soon(self, fn: Callable[[], object]) -> None:
         assert self.loop is not None

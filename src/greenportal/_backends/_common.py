@@ -126,6 +126,21 @@ def closed_error(cause: BaseException) -> RunnerClosedError:
     return error
 
 
+def cancel_job(job: Job, call_soon: Callable[[Callable[[], object]], None]) -> None:
+    """Cancel *job* on its loop if it runs, or make it fail when it starts (thread-safe).
+
+    *call_soon* runs a function on the loop thread.  A job that has not
+    started is only flagged: its task checks the flag first thing.
+    """
+
+    def cancel() -> None:
+        job.cancel_requested = True
+        if job.started:  # its handle (an asyncio Task or a Trio CancelScope) is live
+            job.handle.cancel()
+
+    call_soon(cancel)
+
+
 def fail_closed(job: Job, cause: BaseException) -> None:
     """Finish *job*, if it is still waited for, with the Runner-closed error."""
     close_refused(job.fn)  # a coroutine that never ran: no "never awaited"

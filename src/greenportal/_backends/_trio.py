@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .. import _portal
 from .._outcome import close_refused
 from .._portal import Portal
-from ._common import Job, Spawn, fail_closed, install_portal
+from ._common import Job, Spawn, cancel_job, fail_closed, install_portal
 
 if TYPE_CHECKING:
     import trio
@@ -357,13 +357,7 @@ class RunnerLoop:
 
     def cancel(self, job: Job) -> None:
         """Cancel *job* if it runs, or make it fail when it starts (thread-safe)."""
-
-        def cancel() -> None:
-            job.cancel_requested = True
-            if job.started:  # its CancelScope is live
-                job.handle.cancel()
-
-        self.call_soon(cancel)
+        cancel_job(job, self.call_soon)
 
     def call_soon(self, fn: Callable[[], object]) -> None:
         self._token.run_sync_soon(fn)
