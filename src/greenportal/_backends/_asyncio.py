@@ -158,7 +158,9 @@ class AsyncioBackend:
         def work() -> Callable[[], None]:
             worker.host = host
             try:
-                outcome.append(Outcome.capture(context.run, fn))
+                outcome.append(Outcome(context.run(fn)))
+            except BaseException as error:
+                outcome.append(Outcome(error=error))
             finally:
                 worker.host = None
             return host.thread_done
@@ -207,7 +209,8 @@ class Host:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending: tuple[Awaitable[Any], contextvars.Context] | None = None
-        self.answer: Outcome[Any] = Outcome(None)
+        # The reply to the pending request; None while there is none.
+        self.answer: Outcome[Any] | None = None
         self.reply = threading.Lock()
         self.reply.acquire()
         self.finished = False
@@ -227,7 +230,8 @@ class Host:
         del aw
         self.loop.call_soon_threadsafe(self.wake)
         self.reply.acquire()
-        answer, self.answer = self.answer, Outcome(None)
+        answer, self.answer = self.answer, None
+        assert answer is not None
         return answer.unwrap()  # type: ignore[no-any-return]
 
     def wake(self) -> None:
