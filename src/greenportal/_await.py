@@ -65,15 +65,22 @@ def bind_current_asyncio_task(
     _accel.set_current_task(current_task, get_running_loop, prepare_loop)
 
 
+_NOT_INITIALISED = "greenportal is not initialised: import greenportal, not only its modules"
+
+
 def _no_slow_path(aw: object) -> Any:
-    raise RuntimeError("greenportal is not initialised: import greenportal, not its modules")
+    raise RuntimeError(_NOT_INITIALISED)
+
+
+def _no_inline_slow() -> int | None:
+    raise RuntimeError(_NOT_INITIALISED)
 
 
 # await_ outside its portal (no portal greenlet, or another task's):
 # greenportal._dispatch registers the real one.
 _slow_path: Callable[[Any], Any] = _no_slow_path
 # inline_task_id() when no asyncio task runs: _backends registers the real one.
-_inline_slow_hook: Callable[[], int | None] = _no_slow_path  # type: ignore[assignment]
+_inline_slow_hook: Callable[[], int | None] = _no_inline_slow
 
 
 def register_slow_path(fn: Callable[[Any], Any]) -> None:

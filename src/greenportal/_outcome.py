@@ -18,8 +18,7 @@ never awaited" warning behind.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -39,14 +38,6 @@ class Outcome(Generic[T]):
     def __init__(self, value: T | None = None, error: BaseException | None = None) -> None:
         self.value = value
         self.error = error
-
-    @classmethod
-    def capture(cls, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Outcome[T]:
-        """Call *fn* and record what it returned or raised (BaseException included)."""
-        try:
-            return cls(fn(*args, **kwargs))
-        except BaseException as error:
-            return cls(error=error)
 
     @property
     def ok(self) -> bool:
