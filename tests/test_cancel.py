@@ -49,7 +49,7 @@ def test_task_group_cancel(backend: Any) -> None:
         async with anyio.create_task_group() as tg:
             for log in logs:
                 tg.start_soon(child, log)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()  # every child is in await_
             tg.cancel_scope.cancel()
 
     backend.run(main)
@@ -95,6 +95,7 @@ def test_cancel_before_first_await(backend: Any) -> None:
 
 
 def test_trio_nursery_cancel_and_move_on() -> None:
+    trio_testing = pytest.importorskip("trio.testing")
     trio = pytest.importorskip("trio")
     log: list[str] = []
 
@@ -105,7 +106,9 @@ def test_trio_nursery_cancel_and_move_on() -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(child)
-            await trio.sleep(0.01)
+            # not a fixed sleep: under the sanitizer the child may not yet
+            # have reached await_ after 10 ms, and is then cancelled earlier
+            await trio_testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         with trio.move_on_after(0.01) as scope:
             await with_portal_run_sync(blocked_forever, log)
@@ -125,7 +128,7 @@ def test_asyncio_task_cancel(aio_backend: Any) -> None:
 
     async def main() -> None:
         task = asyncio.ensure_future(worker())
-        await asyncio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # the worker is in await_
         task.cancel("stop now")
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -151,7 +154,7 @@ def test_asyncio_cancel_message_and_catch(aio_backend: Any) -> None:
 
     async def main() -> None:
         task = asyncio.ensure_future(worker())
-        await asyncio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # the worker is in await_
         task.cancel("msg")
         assert await task == "caught ('msg',)"
 
@@ -190,7 +193,7 @@ def test_asyncio_taskgroup_failure_cancels_siblings(aio_backend: Any) -> None:
         await with_portal_run_sync(blocked_forever, log)
 
     async def failing() -> None:
-        await asyncio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # the sibling is in await_
         raise Failure
 
     async def main() -> None:
