@@ -36,6 +36,7 @@ from ._api import portal as portal
 from ._api import with_portal_run as with_portal_run
 from ._api import with_portal_run_sync as with_portal_run_sync
 from ._await import await_ as await_
+from ._backends._executor import LoopExecutor as LoopExecutor
 from ._backends._trio import AutoPortalInstrument as AutoPortalInstrument
 from ._blocking import BlockingFunction as BlockingFunction
 from ._blocking import BlockingGeneratorFunction as BlockingGeneratorFunction
@@ -83,6 +84,7 @@ __all__ = [
     "asyncify",
     "ThreadLimiter",
     "default_thread_limiter",
+    "LoopExecutor",
     "Runner",
     "RunnerClosedError",
     "SyncContext",

@@ -397,6 +397,11 @@ def default_runner() -> Runner:
         return _default
 
 
+def loop_threads() -> set[int]:
+    """The thread ids of every running Runner's loop."""
+    return {impl.thread_id for runner in list(_runners) if (impl := runner._impl) is not None}
+
+
 def _close_all_at_exit() -> None:
     for runner in list(_runners):
         try:

@@ -10,7 +10,11 @@ Where ``await_`` sends an awaitable when the current task has no portal
 3. An anyio worker thread under asyncio: ``anyio.from_thread.run``.
 4. A thread where an event loop is running (outside any portal): refuse with
    ``RuntimeError``.  Blocking would stall the very loop the awaitable needs.
-5. Any other thread: the default :class:`~greenportal.Runner`, so every such
+5. A thread of ``asyncio.to_thread``, ``loop.run_in_executor`` or a
+   :class:`~greenportal.LoopExecutor`: the loop that started the work
+   (``_backends/_executor.py`` tells how it is found, and when it refuses to
+   guess).
+6. Any other thread: the default :class:`~greenportal.Runner`, so every such
    call in the process shares one long-lived loop.
 
 Rows 1 to 3 are the backends' (``_backends.thread_route``); how the asyncio
@@ -29,9 +33,8 @@ at the thread's next ``await_`` (once, as asyncio delivers a cancellation
 once), or, if the thread never awaits again, raised in the task when the
 thread returns.  The thread is never abandoned, so no work outlives the task.
 
-Known gaps: threads from ``loop.run_in_executor`` and ``asyncio.to_thread``
-carry no marker, so ``await_`` there uses the default Runner (a different
-loop); the docs say to use :func:`to_thread` instead.
+Known gaps: the executor threads of row 5 are recognised only for
+``ThreadPoolExecutor`` (and subclasses); other executors are not.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ def await_without_portal(aw: Awaitable[T]) -> T:
             "), or run the sync code in a worker thread with 'await "
             "greenportal.to_thread(fn)'"
         )
+    route = _backends.executor_route(_runner.loop_threads())
+    if route is not None:
+        return route(aw)  # type: ignore[no-any-return]
     runner = _runner.default_runner()
     _check_future_loop(aw, runner, "the default Runner")
     result: T = _annotate_loop_errors(runner.run, aw, "the default Runner's loop")

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from .. import _await
-from . import _anyio, _trio
+from . import _anyio, _executor, _trio
 from ._common import Job, RunnerClosedError, Spawn, install_portal, is_cancellation, worker
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ __all__ = [
     "backend_for_task",
     "current_backend",
     "current_backend_and_task",
+    "executor_route",
     "get_backend",
     "install_portal",
     "is_cancellation",
@@ -279,6 +280,18 @@ def thread_route() -> Callable[[Awaitable[Any]], Any] | None:
     if _anyio.in_worker_thread():
         return _anyio.from_thread
     return None
+
+
+def executor_route(exclude: Collection[int]) -> Callable[[Awaitable[Any]], Any] | None:
+    """How ``await_`` in this executor thread reaches the loop that started its work.
+
+    For threads of ``asyncio.to_thread``, ``loop.run_in_executor`` and
+    :class:`~greenportal.LoopExecutor` (see ``_executor``); None in other
+    threads.  *exclude*: thread ids of greenportal's Runner loops.  Raises
+    ``RuntimeError`` where the starting loop cannot be told while one runs.
+    """
+    route = _executor.route(exclude)
+    return route.request if route is not None else None
 
 
 def running_loop_name() -> str | None:
