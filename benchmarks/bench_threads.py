@@ -15,8 +15,11 @@ by round in this one process):
   (``Synchronizer.create_blocking``), anyio's blocking portal
   (``start_blocking_portal().call``), asgiref's ``async_to_sync``;
 * worker thread -> its starting loop: ``greenportal.await_`` inside
-  ``greenportal.to_thread``, ``anyio.from_thread.run`` inside
-  ``anyio.to_thread.run_sync``, and ``await_`` inside an anyio worker.
+  ``greenportal.to_thread``, inside ``asyncio.to_thread`` and inside
+  ``loop.run_in_executor``; ``asyncio.run_coroutine_threadsafe(...).result()``
+  inside ``asyncio.to_thread`` (what code does by hand, given the loop);
+  ``anyio.from_thread.run`` inside ``anyio.to_thread.run_sync``, and
+  ``await_`` inside an anyio worker.
 
 Usage::
 
@@ -146,6 +149,22 @@ def worker_thread_rows(
             return per_call(lambda: greenportal.await_(checkpoint()), n)
 
         results["greenportal await_ in to_thread"] = await greenportal.to_thread(with_await_)
+        # asyncio's own executor threads (issue 12): found through the future
+        # run_in_executor chains; each await_ also walks the thread's frames.
+        results["greenportal await_ in asyncio.to_thread"] = await asyncio.to_thread(with_await_)
+        loop = asyncio.get_running_loop()
+        results["greenportal await_ in run_in_executor"] = await loop.run_in_executor(
+            None, with_await_
+        )
+
+        def with_threadsafe() -> float:
+            return per_call(
+                lambda: asyncio.run_coroutine_threadsafe(checkpoint(), loop).result(), n
+            )
+
+        results["run_coroutine_threadsafe in asyncio.to_thread"] = await asyncio.to_thread(
+            with_threadsafe
+        )
         try:
             import anyio.from_thread
             import anyio.to_thread
@@ -227,10 +246,14 @@ def main() -> None:
         f"  target: Runner.run no slower than the fastest peer ({fastest_peer[1]}, "
         f"{fmt(fastest_peer[0]).strip()}): {verdict} (x{ours / fastest_peer[0]:.2f})"
     )
-    print("\nworker thread -> the loop that started it")
+    print("\nworker thread -> the loop that started it (ratio to await_ in to_thread)")
+    base = statistics.median(worker_samples["greenportal await_ in to_thread"])
     for name, values in worker_samples.items():
         med = statistics.median(values)
-        print(f"  {name:42s} {fmt(med)}  [{fmt(min(values)).strip()} - {fmt(max(values)).strip()}]")
+        print(
+            f"  {name:46s} {fmt(med)}  [{fmt(min(values)).strip()} - {fmt(max(values)).strip()}]"
+            f"  x{med / base:5.2f}"
+        )
     for name in skipped:
         print(f"\nskipped: {name}")
 

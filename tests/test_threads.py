@@ -327,16 +327,15 @@ def test_worker_await_not_awaitable(backend: Backend) -> None:
     backend.run(main)
 
 
-def test_asyncio_to_thread_uses_default_runner(aio_backend: Backend) -> None:
-    """Known gap: asyncio.to_thread's threads carry no marker (see _threads' notes)."""
+def test_asyncio_to_thread_uses_the_starting_loop(aio_backend: Backend) -> None:
+    """asyncio.to_thread's threads await on the loop that started them (tests/test_executor.py)."""
 
     def in_thread() -> asyncio.AbstractEventLoop:
         return await_(running_loop())
 
     async def main() -> None:
         seen = await asyncio.to_thread(in_thread)
-        assert seen is not asyncio.get_running_loop()
-        assert seen is greenportal.default_runner().loop
+        assert seen is asyncio.get_running_loop()
 
     aio_backend.run(main)
 

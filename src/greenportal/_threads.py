@@ -72,7 +72,7 @@ def await_without_portal(aw: Awaitable[T]) -> T:
             "), or run the sync code in a worker thread with 'await "
             "greenportal.to_thread(fn)'"
         )
-    route = _backends.executor_route(_runner.loop_threads())
+    route = _backends.executor_route(_runner.loop_threads)
     if route is not None:
         return route(aw)  # type: ignore[no-any-return]
     runner = _runner.default_runner()

@@ -282,12 +282,14 @@ def thread_route() -> Callable[[Awaitable[Any]], Any] | None:
     return None
 
 
-def executor_route(exclude: Collection[int]) -> Callable[[Awaitable[Any]], Any] | None:
+def executor_route(
+    exclude: Callable[[], Collection[int]],
+) -> Callable[[Awaitable[Any]], Any] | None:
     """How ``await_`` in this executor thread reaches the loop that started its work.
 
     For threads of ``asyncio.to_thread``, ``loop.run_in_executor`` and
     :class:`~greenportal.LoopExecutor` (see ``_executor``); None in other
-    threads.  *exclude*: thread ids of greenportal's Runner loops.  Raises
+    threads.  *exclude* gives the thread ids of greenportal's Runner loops.  Raises
     ``RuntimeError`` where the starting loop cannot be told while one runs.
     """
     route = _executor.route(exclude)

@@ -319,11 +319,11 @@ def _work_item() -> Any:
     return None
 
 
-def route(exclude: Collection[int]) -> LoopRoute | None:
+def route(exclude: Callable[[], Collection[int]]) -> LoopRoute | None:
     """The loop-bound route for ``await_`` in this thread; None if it is no loop's.
 
-    *exclude*: thread ids of greenportal's own Runner loops (not counted as
-    "a loop runs elsewhere").  Raises ``RuntimeError`` when the thread is an
+    *exclude* gives the thread ids of greenportal's own Runner loops (not
+    counted as "a loop runs elsewhere"); it is called only when needed.  Raises ``RuntimeError`` when the thread is an
     executor's whose work no loop claimed while some loop runs.
     """
     bound = _state.bound
@@ -340,7 +340,7 @@ def route(exclude: Collection[int]) -> LoopRoute | None:
         return None
     found = _chained_to(future)
     if found is None:
-        running = loop_running_elsewhere(exclude)
+        running = loop_running_elsewhere(exclude())
         if running is None:
             return None
         deadline = time.monotonic() + CHAIN_WAIT
@@ -432,6 +432,11 @@ class LoopExecutor(concurrent.futures.ThreadPoolExecutor):
     def submit(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> concurrent.futures.Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; bind it to the loop running in this thread, if any.
+
+        Returns the ``concurrent.futures.Future`` of the call, as
+        ``ThreadPoolExecutor.submit`` does.
+        """
         asyncio = sys.modules.get("asyncio")
         loop = asyncio._get_running_loop() if asyncio is not None else None
         if loop is None:
