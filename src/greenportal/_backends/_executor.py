@@ -323,8 +323,9 @@ def route(exclude: Callable[[], Collection[int]]) -> LoopRoute | None:
     """The loop-bound route for ``await_`` in this thread; None if it is no loop's.
 
     *exclude* gives the thread ids of greenportal's own Runner loops (not
-    counted as "a loop runs elsewhere"); it is called only when needed.  Raises ``RuntimeError`` when the thread is an
-    executor's whose work no loop claimed while some loop runs.
+    counted as "a loop runs elsewhere"); it is called only when needed.
+    Raises ``RuntimeError`` when the thread is an executor's whose work no
+    loop claimed while some loop runs.
     """
     bound = _state.bound
     if bound is not None:
