@@ -79,6 +79,8 @@ nitpick_ignore = [
     ("py:class", "C"),
     ("py:class", "S"),
     ("py:class", "Y"),
+    # Runner.__exit__'s annotation, written bare (from types import TracebackType).
+    ("py:class", "TracebackType"),
 ]
 if not intersphinx_mapping:
     # Targets in the Python, Trio and greenlet docs, which only their

@@ -103,6 +103,9 @@ def check_runner_and_threads(runner: greenportal.Runner) -> None:
     for item in runner.wrap_iter(agen()):
         assert_type(item, int)
     assert_type(greenportal.default_runner(), greenportal.Runner)
+    assert_type(greenportal.set_default_runner(runner), greenportal.Runner | None)
+    greenportal.set_default_runner("trio")  # type: ignore[arg-type]
+    assert_type(runner.__exit__(None, None, None), bool)
 
 
 async def check_to_thread() -> None:

@@ -9,8 +9,9 @@ Module map (imports go one way, down this list; ``docs/principle.rst``):
 
 * ``__init__``: this re-export, nothing else;
 * ``_api``, ``_tree``, ``_adapters``, ``_blocking``, ``_threads``,
-  ``_runner``, ``_bridges``, ``_dispatch``: the public functions, none of
-  which knows an event loop library;
+  ``_runner``, ``_bridges``, ``_dispatch``, ``_guards``: the public functions
+  (and ``_guards``' check for async callables), none of which knows an event
+  loop library;
 * ``_backends``: everything that does (``_asyncio``, ``_eager``, ``_ctask``,
   ``_trio``, ``_anyio``), behind the interface in its ``__init__``;
 * ``_portal``: the engine (the greenlet portal and ``await_``);
@@ -47,6 +48,7 @@ from ._runner import Runner as Runner
 from ._runner import RunnerClosedError as RunnerClosedError
 from ._runner import SyncContext as SyncContext
 from ._runner import default_runner as default_runner
+from ._runner import set_default_runner as set_default_runner
 from ._threads import ThreadLimiter as ThreadLimiter
 from ._threads import asyncify as asyncify
 from ._threads import default_thread_limiter as default_thread_limiter
@@ -89,6 +91,7 @@ __all__ = [
     "RunnerClosedError",
     "SyncContext",
     "default_runner",
+    "set_default_runner",
     "__version__",
 ]
 

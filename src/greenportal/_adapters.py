@@ -79,6 +79,22 @@ def decorate_as_sync(
     return apply
 
 
+def _protocol_message(tp: type, no_aenter: bool) -> str:
+    # Native `async with`'s wording on the running Python, which greenback's
+    # is too: 3.11+ "'X' object does not support the asynchronous context
+    # manager protocol[ (missed __aexit__ method)]"; 3.10 an AttributeError,
+    # which greenback words "type object 'X' has no attribute '__aexit__'".
+    name = tp.__name__
+    if sys.version_info >= (3, 11):
+        missed = "" if no_aenter else " (missed __aexit__ method)"
+        return f"{name!r} object does not support the asynchronous context manager protocol{missed}"
+    method = "__aenter__" if no_aenter and hasattr(tp, "__aexit__") else "__aexit__"
+    return (
+        f"type object {name!r} has no attribute {method!r}: the object does not support "
+        "the asynchronous context manager protocol"
+    )
+
+
 class async_context(Generic[T]):
     """Use an async context manager in a synchronous ``with`` statement."""
 
@@ -90,14 +106,10 @@ class async_context(Generic[T]):
 
     def __enter__(self) -> T:
         tp = type(self._cm)
-        try:
-            aenter = tp.__aenter__
-            aexit = tp.__aexit__
-        except AttributeError:
-            raise _MissingProtocolError(
-                f"{tp.__qualname__!r} object does not support the asynchronous context "
-                "manager protocol (it needs __aenter__ and __aexit__)"
-            ) from None
+        aenter = getattr(tp, "__aenter__", None)
+        aexit = getattr(tp, "__aexit__", None)
+        if aenter is None or aexit is None:
+            raise _MissingProtocolError(_protocol_message(tp, aenter is None))
         self._aexit = aexit
         return cast(T, await_(aenter(self._cm)))
 
@@ -126,15 +138,17 @@ class async_iter(Generic[T]):
     def __init__(self, iterable: AsyncIterable[T]) -> None:
         tp = type(iterable)
         aiter_ = getattr(tp, "__aiter__", None)
+        # greenback's wording, for tests written against it.
         if aiter_ is None:
             raise TypeError(
-                f"async_iter() needs an async iterable (with __aiter__), got {tp.__qualname__!r}"
+                f"'async_iter' requires an object with __aiter__ method, got {tp.__name__} "
+                "(async_iter() needs an async iterable)"
             )
         it = aiter_(iterable)
         if getattr(type(it), "__anext__", None) is None:
             raise TypeError(
-                f"{tp.__qualname__}.__aiter__() returned {type(it).__qualname__!r}, "
-                "which has no __anext__"
+                "'async_iter' received an object from __aiter__ that does not implement "
+                f"__anext__: {type(it).__name__} ({tp.__qualname__}.__aiter__() returned it)"
             )
         self._it: AsyncIterator[T] = it
 

@@ -16,13 +16,13 @@ Neither adds a checkpoint except :func:`ensure_portal`, which is always one
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _await, _backends
 from ._await import current_portal, find_portal_in
 from ._backends import install_portal
+from ._guards import CoroutineType, describe, is_async_callable, refuse_coroutine
 from ._portal import Portal, _strip_own_frame
 
 P = ParamSpec("P")
@@ -121,16 +121,37 @@ async def with_portal_run_sync(sync_fn: Callable[P, T], *args: P.args, **kwargs:
     If the current task already has a portal, *sync_fn* is simply called.
     Otherwise it runs on a portal made for the duration of the call.  No
     checkpoint is added beyond the ``await_`` calls *sync_fn* makes.
+
+    Raises:
+        TypeError: *sync_fn* is async (an async function, a
+            ``functools.partial`` of one, or an object whose ``__call__`` is
+            async): it is not called.  Or *sync_fn* returned a coroutine,
+            which is closed.  (greenback returns the coroutine.)
     """
+    if is_async_callable(sync_fn):
+        raise TypeError(
+            f"with_portal_run_sync() got an async function ({describe(sync_fn)}); use "
+            "'await greenportal.with_portal_run(async_fn, *args)', or await it directly"
+        )
     task_id = _await.inline_portal_id()
     if task_id is _await._HAS_PORTAL:
-        return sync_fn(*args, **kwargs)
-    call = functools.partial(sync_fn, *args, **kwargs) if args or kwargs else sync_fn
-    try:
-        return await cast(Awaitable[T], Portal(None, call, task_id))
-    except BaseException as error:
-        _strip_own_frame(error)
-        raise
+        result = sync_fn(*args, **kwargs)
+    else:
+        call = functools.partial(sync_fn, *args, **kwargs) if args or kwargs else sync_fn
+        try:
+            result = await cast(Awaitable[T], Portal(None, call, task_id))
+        except BaseException as error:
+            _strip_own_frame(error)
+            raise
+    if type(result) is CoroutineType:
+        refuse_coroutine(result, sync_fn, "with_portal_run_sync()", _AWAIT_INSIDE)
+    return result
+
+
+_AWAIT_INSIDE = (
+    "await it inside the function with greenportal.await_(...), or use "
+    "'await greenportal.with_portal_run(async_fn, *args)'"
+)
 
 
 @overload
@@ -154,7 +175,7 @@ def portal(fn: Callable[P, Any]) -> Callable[P, Coroutine[Any, Any, Any]]:
     """
     if not callable(fn):
         raise TypeError(f"@portal needs a function, got {type(fn).__qualname__!r}")
-    if inspect.iscoroutinefunction(fn):
+    if is_async_callable(fn):
 
         @functools.wraps(fn)
         async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:

@@ -113,7 +113,12 @@ def _awaitable_iter(aw: object) -> Any:
             hint = " (did you mean to call it, as in await_(f()) instead of await_(f)?)"
         else:
             hint = ""
-        raise TypeError(f"await_() needs an awaitable, got {tp.__qualname__!r} object{hint}")
+        # Native await's wording first ("object int can't be used in 'await'
+        # expression"), which greenback's own error is.
+        raise TypeError(
+            f"object {tp.__name__} can't be used in 'await' expression: await_() needs "
+            f"an awaitable, got {tp.__qualname__!r} object{hint}"
+        )
     it = get(aw)
     if not isinstance(it, collections.abc.Iterator):
         raise TypeError(f"{tp.__qualname__}.__await__() returned a non-iterator")

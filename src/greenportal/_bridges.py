@@ -56,6 +56,8 @@ class Holder:
         self.exc: BaseException | None = None
         self.job: Job | None = None
         self.exited = False
+        # How __aexit__ ended, when asked to exit (for exit_holders).
+        self.exit_outcome: Outcome[bool] | None = None
 
     async def hold(self, runner_loop: RunnerLoop) -> bool:
         self.exit_event = runner_loop.new_event()
@@ -85,25 +87,79 @@ class Holder:
                     raise
                 return False
             exc, self.exc = self.exc, None
-            if exc is None:
-                return bool(await cm.__aexit__(None, None, None))
             try:
-                return bool(await cm.__aexit__(type(exc), exc, exc.__traceback__))
+                if exc is None:
+                    suppress = bool(await cm.__aexit__(None, None, None))
+                else:
+                    suppress = bool(await cm.__aexit__(type(exc), exc, exc.__traceback__))
+            except BaseException as error:
+                self.exit_outcome = Outcome(error=error)
+                raise
             finally:
                 del exc
+            self.exit_outcome = Outcome(suppress)
+            return suppress
         finally:
             self.finished.set()
 
 
-async def exit_holders(holders: list[Holder]) -> None:
-    # Ask each entered context to exit, last entered first, and wait for it.
+class ExitReport:
+    """What leaving a Runner's contexts did to the exception in flight.
+
+    ``pending`` starts as the exception ``Runner.__exit__`` got (None for
+    ``close()``) and ends as the one to propagate: None if a context
+    suppressed it, or a new one a context raised, chained to what it
+    replaced.  ``suppressed``: some context returned true.
+    """
+
+    def __init__(self, exc: BaseException | None) -> None:
+        self.pending = exc
+        self.suppressed = False
+
+
+def _chain(new: BaseException, old: BaseException) -> None:
+    # As contextlib.ExitStack does: make *old* the end of *new*'s __context__
+    # chain, unless it is on it already.
+    seen: set[int] = set()
+    while id(new) not in seen:
+        seen.add(id(new))
+        context = new.__context__
+        if context is None or context is old:
+            break
+        new = context
+    else:  # pragma: no cover - a cycle in the chain: leave it alone
+        return
+    if new.__context__ is None and new is not old:
+        new.__context__ = old
+
+
+async def exit_holders(holders: list[Holder], report: ExitReport) -> None:
+    """Exit each entered context, last entered first, as ``contextlib.ExitStack`` does.
+
+    Each context's ``__aexit__`` gets ``report.pending``; one returning true
+    clears it, one raising replaces it (see :class:`ExitReport`).
+    """
     while holders:
         holder = holders.pop()
         if holder.exited or holder.exit_event is None or holder.finished is None:
             continue
         holder.exited = True
+        holder.exc = report.pending
         holder.exit_event.set()
         await holder.finished.wait()
+        outcome, holder.exit_outcome = holder.exit_outcome, None
+        if outcome is None:
+            continue  # cancelled before it could exit (cannot happen while closing)
+        error, outcome.error = outcome.error, None
+        if error is None:
+            if outcome.value and report.pending is not None:
+                report.pending = None
+                report.suppressed = True
+        elif error is not report.pending:
+            if report.pending is not None:
+                _chain(error, report.pending)
+            report.pending = error
+        del error, outcome
 
 
 class SyncContext(Generic[T]):

@@ -78,21 +78,25 @@ def raise_no_portal() -> NoReturn:
     """Raise the RuntimeError that explains why this task has no usable portal."""
     backend, task = _backends.current_backend_and_task()
     coro = backend.get_coro(task)
+    # The key phrases of greenback's messages ("must create a ... portal",
+    # "must yield to the event loop"), with our name, so that tests written
+    # against greenback's wording still match (tests/test_greenback_compat.py).
     if isinstance(coro, Portal) and coro._gr is None:
         msg = (
-            "this task's portal was bestowed but is not active yet: yield to the event "
-            f"loop once (for example 'await {backend.sleep0}') after "
-            "greenportal.bestow_portal(<this task>) and before calling await_()"
+            "this task's portal was bestowed but is not active yet: you must yield to the "
+            f"event loop (try 'await {backend.sleep0}') after calling "
+            "'greenportal.bestow_portal()' on the current task before using the portal"
         )
     else:
         msg = (
-            "await_() needs a portal in the current task, and this task has none; it "
-            "cannot simply block either, since the awaitable needs this thread's event "
-            "loop to make progress. Create a portal with 'await greenportal.ensure_portal()' "
-            "at the top of the task, or run the code with 'await "
-            "greenportal.with_portal_run(async_fn, ...)' or 'await "
-            "greenportal.with_portal_run_sync(sync_fn, ...)', or move the sync code to a "
-            "worker thread with 'await greenportal.to_thread(sync_fn, ...)'"
+            "await_() needs a portal in the current task, and this task has none: you "
+            "must create a greenportal portal for this task in order to use "
+            "'greenportal.await_()'. It cannot simply block either, since the awaitable "
+            "needs this thread's event loop to make progress. Try 'await "
+            "greenportal.ensure_portal()' at the top of the task, or 'await "
+            "greenportal.with_portal_run(some_fn, *args)' or 'await "
+            "greenportal.with_portal_run_sync(sync_fn, *args)', or move the sync code to a "
+            "worker thread with 'await greenportal.to_thread(sync_fn, *args)'"
         )
     raise RuntimeError(msg)
 

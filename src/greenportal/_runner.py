@@ -39,7 +39,9 @@ a :class:`~._backends.RunnerLoop` of the backend it was made for
 
 Shutdown order (``close``)
 --------------------------
-1. exit the contexts entered with ``enter_context``, last first;
+1. exit the contexts entered with ``enter_context``, last first, each given
+   the exception in flight (``Runner.__exit__``'s, or one a later-exited
+   context raised), as ``contextlib.ExitStack`` does (``_bridges.ExitReport``);
 2. cancel every remaining task and wait for it;
 3. close async generators (``loop.shutdown_asyncgens``);
 4. shut down the default executor;
@@ -51,7 +53,9 @@ Fork and Ctrl-C
 After ``fork()`` the child has the Runner objects but not their threads; an
 at-fork hook resets every Runner to "not started", so the child gets a fresh
 loop on first use (contexts entered in the parent are not re-entered).  The
-default Runner is dropped, and a new one made on demand.
+automatic default Runner is dropped, and a new one made on demand; a Runner
+chosen with ``set_default_runner`` stays the default (reset like the rest,
+so the child starts a fresh loop of the same kind on it).
 
 Only the main thread receives ``SIGINT``, and CPython interrupts a blocked
 ``Lock.acquire`` to raise ``KeyboardInterrupt`` there.  The Runner then
@@ -71,6 +75,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _backends, _bridges
@@ -81,7 +86,7 @@ from ._outcome import close_refused
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["Runner", "RunnerClosedError", "SyncContext", "default_runner"]
+__all__ = ["Runner", "RunnerClosedError", "SyncContext", "default_runner", "set_default_runner"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -102,7 +107,9 @@ class Runner:
 
     The loop starts on first use.  Use the Runner as a context manager, or call
     :meth:`close`, to shut it down; the :func:`default_runner` closes at
-    interpreter exit, and so does any Runner still open then.
+    interpreter exit, and so does any Runner still open then.  The ``with``
+    block passes its exception to the contexts entered with
+    :meth:`enter_context`, which may suppress it (see :meth:`__exit__`).
     """
 
     def __init__(
@@ -235,7 +242,9 @@ class Runner:
         """Enter *cm* (or what *factory* makes) on the loop, and keep it open until :meth:`close`.
 
         Returns what ``__aenter__`` returned.  Contexts exit in reverse order,
-        first thing in :meth:`close`.
+        first thing in :meth:`close`, as in a ``contextlib.ExitStack``:
+        leaving the Runner's ``with`` block with an exception passes it to
+        them, and one of them may suppress it (see :meth:`__exit__`).
         """
         context = self.wrap_context(cm, factory=factory)
         value = context.__enter__()
@@ -259,7 +268,32 @@ class Runner:
 
         Raises:
             RuntimeError: called from the runner's own loop thread.
+            BaseException: what the ``__aexit__`` of a context entered with
+                :meth:`enter_context` raised (the last one, with the earlier
+                ones as its ``__context__``), once the runner is closed.
         """
+        self._close(None)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Close the runner, passing the exception in flight to the entered contexts.
+
+        As ``contextlib.ExitStack`` does: the contexts entered with
+        :meth:`enter_context` exit last first, each given the exception in
+        flight, or the one that a context exited after it raised (chained to
+        the one it replaced).  If one of them returns true the exception is
+        suppressed and this returns True.
+        """
+        return self._close(exc)
+
+    def _close(self, exc: BaseException | None) -> bool:
         if self.in_loop_thread():
             raise RuntimeError(
                 "Runner.close() called from the runner's own loop thread, which it "
@@ -273,21 +307,29 @@ class Runner:
             closed_event = self._closed_event
         if state in ("closing", "closed"):
             closed_event.wait()
-            return
+            return False
+        report = _bridges.ExitReport(exc)
         try:
             if impl is not None:
-                impl.shutdown(lambda: _bridges.exit_holders(self._contexts))
+                impl.shutdown(lambda: _bridges.exit_holders(self._contexts, report))
         finally:
             with self._lock:
                 self._state = "closed"
                 self._impl = None
             closed_event.set()
-
-    def __enter__(self) -> Runner:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        pending, report.pending = report.pending, None
+        if pending is None or pending is exc:
+            return report.suppressed and pending is None
+        # Raising here would make the exception in flight (if any) its
+        # __context__, replacing the chain built on the loop; put it back.
+        context = pending.__context__
+        try:
+            raise pending
+        except BaseException:
+            pending.__context__ = context
+            raise
+        finally:
+            del pending, context
 
     # -- internals ----------------------------------------------------------
 
@@ -376,25 +418,82 @@ class Runner:
 
 # ------------------------------------------------------------ default runner
 
-_default: Runner | None = None
+# The automatic default Runner (made on demand), and the one chosen with
+# set_default_runner(), which wins while set.  Both change under _default_lock.
+_auto: Runner | None = None
+_chosen: Runner | None = None
 _default_lock = threading.Lock()
 
 
 def default_runner() -> Runner:
-    """The process-wide :class:`Runner` (asyncio), made on first use.
+    """The process-wide :class:`Runner` that :func:`greenportal.await_` uses without a loop.
 
-    :func:`greenportal.await_` uses it in threads where no event loop runs.
-    It is closed at interpreter exit; after ``fork()`` the child makes its
-    own.  If you close it, the next call makes a new one.
+    :func:`greenportal.await_` (and so :func:`greenportal.blocking`) runs its
+    awaitable on it in threads where no event loop runs.  It is the Runner
+    chosen with :func:`set_default_runner` if one is set; otherwise an
+    asyncio Runner made on first use, closed at interpreter exit, made anew
+    after ``fork()`` in the child and, if you close it, on the next call.
+
+    Raises:
+        RunnerClosedError: the Runner chosen with :func:`set_default_runner`
+            is closed (greenportal does not fall back to another loop behind
+            your back: set another, or ``set_default_runner(None)``).
     """
-    global _default
-    runner = _default
-    if runner is not None and runner._state in ("new", "running"):
-        return runner
+    global _auto
+    chosen = _chosen
+    if chosen is None:
+        runner = _auto
+        if runner is not None and runner._state in ("new", "running"):
+            return runner
+        with _default_lock:
+            chosen = _chosen
+            if chosen is None:
+                if _auto is None or _auto._state not in ("new", "running"):
+                    _auto = Runner(name="greenportal-default-runner")
+                return _auto
+    if chosen._state in ("new", "running"):
+        return chosen
+    raise RunnerClosedError(
+        f"the default Runner chosen with greenportal.set_default_runner() ({chosen!r}) is "
+        "closed; choose another with set_default_runner(runner), or go back to the "
+        "automatic one with set_default_runner(None)"
+    )
+
+
+def set_default_runner(runner: Runner | None) -> Runner | None:
+    """Choose the :class:`Runner` that :func:`default_runner` returns; None: the automatic one.
+
+    From then on :func:`greenportal.await_` and :func:`greenportal.blocking`
+    run awaitables on *runner* in threads where no event loop runs, for
+    example ``set_default_runner(Runner(backend="trio"))`` for Trio code or
+    ``set_default_runner(Runner(loop_factory=uvloop.new_event_loop))``.
+
+    Returns the Runner chosen before, or None if the automatic one was in
+    use, so that ``set_default_runner(previous)`` restores exactly what was
+    there.  Thread-safe.  The automatic Runner, if one was made, is left
+    running: work in flight on it finishes, objects bound to its loop stay
+    usable, and ``set_default_runner(None)`` makes it the default again.
+    greenportal closes *runner* at interpreter exit, as it closes every Runner
+    still open then; close it yourself to choose when.  After ``fork()`` it
+    stays the default in the child, where it starts a fresh loop of its kind.
+
+    Raises:
+        TypeError: *runner* is neither a :class:`Runner` nor None.
+        RunnerClosedError: *runner* is closed (a :exc:`RuntimeError`).
+    """
+    global _chosen
+    if runner is not None and not isinstance(runner, Runner):
+        raise TypeError(
+            f"set_default_runner() needs a greenportal.Runner or None, got "
+            f"{type(runner).__qualname__!r}"
+        )
     with _default_lock:
-        if _default is None or _default._state not in ("new", "running"):
-            _default = Runner(name="greenportal-default-runner")
-        return _default
+        if runner is not None and runner.closed:
+            raise RunnerClosedError(
+                f"set_default_runner() got a closed Runner ({runner!r}); make a new one"
+            )
+        previous, _chosen = _chosen, runner
+    return previous
 
 
 def loop_threads() -> set[int]:
@@ -411,8 +510,8 @@ def _close_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _default, _default_lock
-    _default = None
+    global _auto, _default_lock
+    _auto = None  # a chosen Runner stays chosen, and is reset below like the rest
     _default_lock = threading.Lock()
     for runner in list(_runners):
         runner._after_fork()

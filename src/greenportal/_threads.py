@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _backends, _runner
+from ._guards import CoroutineType, describe, is_async_callable, refuse_coroutine
 from ._outcome import close_refused
 
 P = ParamSpec("P")
@@ -316,6 +317,12 @@ async def to_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) ->
     cancellation is raised here when the thread returns; under Trio this
     returns the thread's result and the cancelled scope raises at the task's
     next checkpoint, as with ``trio.to_thread.run_sync``.
+
+    Raises:
+        TypeError: *fn* is async (an async function, a ``functools.partial``
+            of one, or an object whose ``__call__`` is async); it is not
+            called.  Or *fn* returned a coroutine, which is closed.
+        RuntimeError: not called from an asyncio or Trio task.
     """
     return await _to_thread(fn, args, kwargs, _default_limiter)
 
@@ -325,6 +332,12 @@ async def _to_thread(
 ) -> T:
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {type(fn).__qualname__!r}")
+    if is_async_callable(fn):
+        raise TypeError(
+            f"to_thread() got an async function ({describe(fn)}); a worker thread would "
+            "only make a coroutine of it. Await it directly ('await fn(*args)'), or pass "
+            "the sync function to run in the thread"
+        )
     # A task, not just a loop: a Trio guest run on an asyncio host steps its
     # tasks in asyncio callbacks, where a loop runs but no asyncio task.
     backend = _backends.current_backend()
@@ -333,9 +346,14 @@ async def _to_thread(
     await limiter._acquire(backend)
     try:
         call = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-        return await backend.to_thread(call, _threads.run)
+        result = await backend.to_thread(call, _threads.run)
     finally:
         limiter._release()
+    if type(result) is CoroutineType:
+        refuse_coroutine(
+            result, fn, "to_thread()", "await it in the thread with greenportal.await_(...)"
+        )
+    return result
 
 
 # Coroutine functions, not just functions returning awaitables, so that the
@@ -354,6 +372,10 @@ def asyncify(fn: Any = None, /, *, limiter: ThreadLimiter | None = None) -> Any:
 
     Use as ``@asyncify`` or ``@asyncify(limiter=ThreadLimiter(4))``.  The
     sync original stays reachable as ``.sync``.
+
+    Raises:
+        TypeError: *fn* is async already (see :func:`to_thread`), when
+            decorating; or, when called, it returned a coroutine.
     """
     chosen = _default_limiter if limiter is None else limiter
     if not isinstance(chosen, ThreadLimiter):
@@ -362,6 +384,12 @@ def asyncify(fn: Any = None, /, *, limiter: ThreadLimiter | None = None) -> Any:
     def decorate(sync_fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
         if not callable(sync_fn):
             raise TypeError(f"asyncify() needs a callable, got {type(sync_fn).__qualname__!r}")
+        if is_async_callable(sync_fn):
+            raise TypeError(
+                f"asyncify() got an async function ({describe(sync_fn)}), which is async "
+                "already: await it directly ('await fn(*args)'). asyncify() makes a sync "
+                "function awaitable by running it in a worker thread"
+            )
 
         @functools.wraps(sync_fn)
         async def run_in_thread(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -39,7 +39,13 @@ def portals_for_children() -> Iterator[None]:
     .. versionchanged:: 0.1
        Works on asyncio too (greenback supports Trio only).
     """
-    backend, _ = _backends.current_backend_and_task()
+    try:
+        backend, _ = _backends.current_backend_and_task()
+    except RuntimeError as error:
+        # greenback's key phrase (Trio only there), for tests written against it.
+        raise RuntimeError(
+            f"This function is only supported when running under Trio or asyncio: {error}"
+        ) from None
     with backend.children_scope():
         yield
 

@@ -228,16 +228,24 @@ def current_backend_and_task() -> tuple[Backend, object]:
         task = backend.current_task()
         if task is not None:
             return backend, task
+    # Key phrases of greenback's messages (tests/test_greenback_compat.py).
     other = unsupported_library()
     if other is not None:
         raise RuntimeError(
-            f"greenportal does not support the {other!r} async library; it works under "
-            "asyncio (including uvloop and anyio on asyncio) and Trio (including anyio on Trio)"
+            f"greenportal does not support {other} (the async library sniffio reports "
+            "here); it works under asyncio (including uvloop and anyio on asyncio) and "
+            "Trio (including anyio on Trio)"
+        )
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        raise RuntimeError(
+            "No asyncio task is running: an asyncio event loop runs in this thread, but "
+            "outside any task (in a callback, say), and portals live in tasks. Call this "
+            "from inside a task"
         )
     raise RuntimeError(
-        "greenportal found no running async task in this thread: portals live in "
-        "asyncio or Trio tasks. Call this from inside a task (for example under "
-        "asyncio.run() or trio.run())"
+        "greenportal found no running async task in this thread (not in async context): "
+        "portals live in asyncio or Trio tasks. Call this from inside a task (for "
+        "example under asyncio.run() or trio.run())"
     )
 
 

@@ -68,7 +68,15 @@ from .. import _await
 from .._outcome import Outcome, close_refused
 from .._portal import Portal
 from . import _ctask, _eager
-from ._common import Job, Spawn, cancel_job, fail_closed, worker
+from ._common import (
+    Job,
+    Spawn,
+    cancel_job,
+    fail_closed,
+    raised_in,
+    worker,
+    wrong_library_error,
+)
 
 # Eager task factories exist from 3.12 on (see _eager).
 _EAGER: bool = sys.version_info >= (3, 12)
@@ -392,6 +400,30 @@ def _children_scope() -> Iterator[None]:
 
 # -- a Runner's loop -------------------------------------------------------------
 
+TRIO_ON_ASYNCIO = (
+    "a Trio awaitable reached an asyncio Runner, whose asyncio event loop cannot run "
+    "Trio code. Run it on a Trio Runner: for await_() and blocking() in threads with no "
+    'event loop, greenportal.set_default_runner(greenportal.Runner(backend="trio")); '
+    'for explicit calls, greenportal.Runner(backend="trio").run(...)'
+)
+
+
+def _trio_here(error: BaseException) -> BaseException:
+    """*error*, or a clear RuntimeError if it says that Trio code ran on this loop.
+
+    Trio code outside a Trio run fails in Trio ("must be called from async
+    context", or an AttributeError on the missing run) or yields a Trio trap
+    that asyncio rejects ("Task got bad yield").  Either way the awaitable
+    has finished, by raising; only the message changes.
+    """
+    if type(error) in (RuntimeError, AttributeError) and raised_in(error, "trio"):
+        return wrong_library_error(TRIO_ON_ASYNCIO, error)
+    if type(error) is RuntimeError:
+        text = str(error)
+        if text.startswith("Task got bad yield") and "trio" in text:
+            return wrong_library_error(TRIO_ON_ASYNCIO, error)
+    return error
+
 
 class RunnerLoop:
     """An asyncio event loop running in its own thread, for a Runner."""
@@ -478,7 +510,7 @@ class RunnerLoop:
                 try:
                     job.value = await job.make_awaitable()
                 except BaseException as error:
-                    job.error = error
+                    job.error = _trio_here(error)
         finally:
             self._jobs.discard(job)
             job.finish()

@@ -120,6 +120,24 @@ class Job(Outcome[Any]):
         return self.unwrap()
 
 
+def raised_in(error: BaseException, package: str) -> bool:
+    """Was *error* raised by code of *package* (its innermost traceback frame)?"""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__")
+    return isinstance(module, str) and (module == package or module.startswith(package + "."))
+
+
+def wrong_library_error(message: str, cause: BaseException) -> RuntimeError:
+    """The RuntimeError that replaces *cause*: an awaitable reached a loop it cannot run on."""
+    error = RuntimeError(message)
+    error.__cause__ = cause
+    return error
+
+
 def closed_error(cause: BaseException) -> RunnerClosedError:
     error = RunnerClosedError("the Runner was closed while this call was running")
     error.__cause__ = cause

@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .. import _portal
 from .._outcome import close_refused
 from .._portal import Portal
-from ._common import Job, Spawn, cancel_job, fail_closed, install_portal
+from ._common import (
+    Job,
+    Spawn,
+    cancel_job,
+    fail_closed,
+    install_portal,
+    raised_in,
+    wrong_library_error,
+)
 
 if TYPE_CHECKING:
     import trio
@@ -274,6 +282,28 @@ def running_here() -> bool:
 
 # -- a Runner's loop -------------------------------------------------------------
 
+ASYNCIO_ON_TRIO = (
+    "an asyncio awaitable (or one of another library than Trio) reached a Trio Runner, "
+    "which can only run Trio code. Run it on an asyncio Runner: for await_() and "
+    "blocking() in threads with no event loop, greenportal.set_default_runner(None) (the "
+    "automatic asyncio Runner) or greenportal.set_default_runner(greenportal.Runner()); "
+    "for explicit calls, greenportal.Runner().run(...)"
+)
+
+
+def _asyncio_here(error: BaseException) -> BaseException:
+    """*error*, or a clear RuntimeError if it says that asyncio code ran in this run.
+
+    asyncio code in a Trio run finds no asyncio loop ("no running event
+    loop", or an AttributeError on a missing loop), or yields what Trio does
+    not understand ("unrecognized yield message", a Future, say).
+    """
+    if isinstance(error, TypeError) and "unrecognized yield message" in str(error):
+        return wrong_library_error(ASYNCIO_ON_TRIO, error)
+    if type(error) in (RuntimeError, AttributeError) and raised_in(error, "asyncio"):
+        return wrong_library_error(ASYNCIO_ON_TRIO, error)
+    return error
+
 
 class RunnerLoop:
     """A Trio run in its own thread, for a Runner."""
@@ -347,7 +377,7 @@ class RunnerLoop:
                         await self._trio.lowlevel.checkpoint()
                     job.value = await job.make_awaitable()
                 except BaseException as error:
-                    job.fail(error)
+                    job.fail(_asyncio_here(error))
                     close_refused(job.fn)
         finally:
             self._jobs.discard(job)
