@@ -193,6 +193,25 @@ def _tree_in_an_asyncio_callback(lib: Any) -> None:
     asyncio.run(main())
 
 
+def _await_in_an_asyncio_callback(lib: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def callback() -> None:
+            try:
+                lib.await_(asyncio.sleep(0))
+            except BaseException as error:
+                done.set_exception(error)
+            else:  # pragma: no cover
+                done.set_result(None)
+
+        loop.call_soon(callback)
+        await done
+
+    asyncio.run(main())
+
+
 def _ensure_portal_outside_any_loop(lib: Any) -> None:
     lib.ensure_portal().send(None)
 
@@ -289,6 +308,12 @@ GREENBACK_ERRORS: list[tuple[str, type[BaseException], list[str], Callable[[Any]
         RuntimeError,
         ["only supported.*running under Trio"],
         _tree_in_an_asyncio_callback,
+    ),
+    (
+        "await_ in an asyncio callback",
+        RuntimeError,
+        ["not in async context"],
+        _await_in_an_asyncio_callback,
     ),
     (
         "ensure_portal outside async context",

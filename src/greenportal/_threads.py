@@ -65,8 +65,12 @@ def await_without_portal(aw: Awaitable[T]) -> T:
         return route(aw)  # type: ignore[no-any-return]
     loop_name = _backends.running_loop_name()
     if loop_name is not None:
+        # No task runs here (await_slow checked): a loop callback.  greenback's
+        # phrase for it (sniffio's) leads, so that patterns written for
+        # greenback match.
+        lead = "No task is running here (not in async context): "
         raise RuntimeError(
-            f"await_() was called outside any portal on a thread that is running "
+            f"{lead}await_() was called outside any portal on a thread that is running "
             f"{loop_name}: it cannot block here, since the awaitable needs that very "
             "loop to make progress. Give the calling task a portal ('await "
             "greenportal.ensure_portal()', or 'await greenportal.with_portal_run_sync(fn)'"
