@@ -334,3 +334,29 @@ def test_trio_run_elsewhere_is_seen() -> None:
                 future.result()
 
     trio.run(main)
+
+
+def test_plain_threads_error_names_the_futures_loop(aio_backend: Any) -> None:
+    """A plain thread's await_ of a loop's Future says which loop, in which thread."""
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        future = asyncio.get_running_loop().create_future()
+
+        def own_thread() -> None:
+            try:
+                await_(future)
+            except RuntimeError as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=own_thread, name="plain-thread")
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        assert len(errors) == 1
+        message = str(errors[0])
+        assert repr(asyncio.get_running_loop()) in message
+        # uvloop keeps no _thread_id, so only asyncio's loops name the thread.
+        if aio_backend.config != "uvloop":
+            assert f"running in thread {threading.current_thread().name!r}" in message
+
+    aio_backend.run(main)

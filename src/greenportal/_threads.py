@@ -93,10 +93,26 @@ def _check_future_loop(aw: object, runner: _runner.Runner, where: str) -> None:
         close_refused(aw)
         raise RuntimeError(
             f"await_() got a Future bound to another event loop than {where}, where "
-            "await_() runs awaitables in this thread. A Future (and any resource made on "
-            "a loop, such as a connection pool) can only be awaited on its own loop: make "
-            "it through await_() in this thread, or await it on its loop"
+            f"await_() runs awaitables in this thread: it belongs to {_describe_loop(aw)}. "
+            "A Future (and any resource made on a loop, such as a connection pool) can "
+            "only be awaited on its own loop: make it through await_() in this thread, or "
+            "await it on its loop (a thread started from that loop with asyncio.to_thread() "
+            "or greenportal.to_thread() awaits there)"
         )
+
+
+def _describe_loop(aw: object) -> str:
+    """ "<loop repr>, running in thread 'name'" for a Future's loop (as far as known)."""
+    try:
+        loop = aw.get_loop()  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - a get_loop() that fails
+        return "another loop"
+    ident = getattr(loop, "_thread_id", None)  # asyncio's loops keep it while running
+    if ident is not None:
+        for thread in threading.enumerate():
+            if thread.ident == ident:
+                return f"{loop!r}, running in thread {thread.name!r}"
+    return repr(loop)
 
 
 _LOOP_HINTS = ("different loop", "different event loop", "another loop")
