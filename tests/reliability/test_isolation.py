@@ -171,7 +171,10 @@ def test_threads_calling_a_runner_see_only_their_own_identity(where: str) -> Non
 # What await_ says on the loop's greenlet: asyncio runs callbacks outside
 # every task; Trio runs them in a system task, which has no portal.
 REFUSALS = {
-    "asyncio": "await_() was called outside any portal",
+    "asyncio": (
+        "No task is running here (not in async context): "
+        "await_() was called outside any portal"
+    ),
     "trio": "await_() needs a portal in the current task, and this task has none",
 }
 
