@@ -172,8 +172,7 @@ def test_threads_calling_a_runner_see_only_their_own_identity(where: str) -> Non
 # every task; Trio runs them in a system task, which has no portal.
 REFUSALS = {
     "asyncio": (
-        "No task is running here (not in async context): "
-        "await_() was called outside any portal"
+        "No task is running here (not in async context): await_() was called outside any portal"
     ),
     "trio": "await_() needs a portal in the current task, and this task has none",
 }
