@@ -578,14 +578,18 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
         else:
             skip(f"pytest {version}, pure Python", "no C compiler: the main run was pure Python")
         if version == newest.version:
+            # The Trio-less suite runs beside the -O run and the memory
+            # slices (two cores; each is one busy process).
+            without_trio = run_without_trio(newest, pytest_args, serial=args.serial)
             step(
                 f"pytest -O {version}",
                 [py, "-O", "-m", "pytest", *QUIET_OPTIMIZE_WARNING, "-q", "-k", "ctask or await"],
                 venv=venv,
                 pytest=True,
             )
-            run_without_trio(newest, pytest_args)
             run_memory_checks(newest, require)
+            if without_trio is not None:
+                without_trio.join()
 
     lint_steps = ["ruff check", "ruff format --check", "mypy", "sphinx docs"]
     if args.no_lint:
@@ -615,8 +619,11 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
         skip("sphinx docs", "no docs/conf.py")
 
 
-def run_without_trio(python: Python, pytest_args: list[str]) -> None:
-    """The suite with Trio not installed: greenportal must not need it."""
+def run_without_trio(python: Python, pytest_args: list[str], *, serial: bool) -> Background | None:
+    """Start the suite with Trio not installed (greenportal must not need it).
+
+    It runs in the background: the caller joins it.  None if its venv failed.
+    """
     name = f"pytest {python.version}, no trio"
     venv = make_venv(
         f"venv {python.version} without trio: install -e .[test-asyncio]",
@@ -626,13 +633,15 @@ def run_without_trio(python: Python, pytest_args: list[str]) -> None:
     )
     if venv is None:
         skip(name, "its venv failed")
-        return
+        return None
     py = str(venv_python(venv))
     # A venv reused from before may have picked trio up; insist it has not.
     absent = "import importlib.util, sys; sys.exit(importlib.util.find_spec('trio') is not None)"
     if execute([py, "-c", absent], env=venv_env(venv), timeout=60) != 0:
         execute([py, "-m", "pip", "uninstall", "-q", "-y", "trio"], env=venv_env(venv), timeout=300)
-    step(name, [py, "-m", "pytest", "-q", *pytest_args], venv=venv, pytest=True)
+    return Background(
+        name, [py, "-m", "pytest", "-q", *pytest_args], venv=venv, env={}, serial=serial
+    )
 
 
 MEMORY_TIMEOUT = 20 * 60
