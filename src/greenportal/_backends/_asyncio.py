@@ -341,18 +341,29 @@ def _wrap_for_tree(coro: Any, context: contextvars.Context | None) -> tuple[Any,
     return portal, portal
 
 
-def _tree_factory(inner: Callable[..., Any] | None) -> Callable[..., Any]:
-    """A task factory that behaves like *inner* and gives tree tasks portals."""
+# Decides whether a new task's coroutine gets a portal: (coro, context) ->
+# (what the task runs, the portal made for it or None).
+Wrap = Callable[[Any, contextvars.Context | None], tuple[Any, Portal | None]]
+
+
+def _tree_factory(
+    inner: Callable[..., Any] | None, wrap: Wrap = _wrap_for_tree
+) -> Callable[..., Any]:
+    """A task factory that behaves like *inner* and gives tree tasks portals.
+
+    *wrap* decides which coroutines get one (``_wrap_for_tree``: those of
+    tasks created inside a tree scope; ``_nest`` passes one that wraps all).
+    """
     ctor = _eager.eager_constructor(inner) if _EAGER else None
     if ctor is not None:
         # Made by asyncio.create_eager_task_factory(ctor): we make another one
         # around our own constructor rather than wrapping the factory, because
         # code that must not start tasks eagerly (anyio's task groups)
         # recognises such factories and calls their constructor itself.
-        return _eager.make_eager_factory(ctor, _wrap_for_tree)
+        return _eager.make_eager_factory(ctor, wrap)
 
     def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        coro, portal = _wrap_for_tree(coro, kwargs.get("context"))
+        coro, portal = wrap(coro, kwargs.get("context"))
         if inner is not None:
             task = inner(loop, coro, **kwargs)
         else:
