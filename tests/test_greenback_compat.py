@@ -173,15 +173,16 @@ def _tree_outside_any_loop(lib: Any) -> None:
         pass  # pragma: no cover
 
 
-def _tree_in_an_asyncio_callback(lib: Any) -> None:
+def _in_an_asyncio_callback(body: Callable[[], object]) -> None:
+    """Run *body* in a loop callback (no task); re-raise what it raised."""
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
         def callback() -> None:
             try:
-                with lib.portals_for_children():
-                    pass  # pragma: no cover
+                body()
             except BaseException as error:
                 done.set_exception(error)
             else:  # pragma: no cover
@@ -191,25 +192,18 @@ def _tree_in_an_asyncio_callback(lib: Any) -> None:
         await done
 
     asyncio.run(main())
+
+
+def _tree_in_an_asyncio_callback(lib: Any) -> None:
+    def body() -> None:
+        with lib.portals_for_children():
+            pass  # pragma: no cover
+
+    _in_an_asyncio_callback(body)
 
 
 def _await_in_an_asyncio_callback(lib: Any) -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def callback() -> None:
-            try:
-                lib.await_(asyncio.sleep(0))
-            except BaseException as error:
-                done.set_exception(error)
-            else:  # pragma: no cover
-                done.set_result(None)
-
-        loop.call_soon(callback)
-        await done
-
-    asyncio.run(main())
+    _in_an_asyncio_callback(lambda: lib.await_(asyncio.sleep(0)))
 
 
 def _ensure_portal_outside_any_loop(lib: Any) -> None:
