@@ -129,8 +129,56 @@ def test_def_endpoint_and_dependencies_run_on_the_loop_in_a_portal(backend: Back
     on_loop = {"loop_thread": True, "portal": True}
     for name in ("app_dep", "router_dep", "sub_dep", "yield_enter", "yield_exit", "endpoint"):
         assert seen[name] == on_loop, name
-    # async code is left alone: on the loop, and given no portal
-    assert seen["async_dep"] == seen["async_endpoint"] == {"loop_thread": True, "portal": False}
+    # async code runs as it would, on the loop; in a route with sync parts
+    # the whole request runs in one portal, made before the first sync call
+    assert seen["async_dep"] == seen["async_endpoint"] == on_loop
+
+
+def test_route_with_nothing_sync_gets_no_portal(backend: Backend) -> None:
+    seen: dict[str, Any] = {}
+
+    async def async_dep() -> int:
+        seen["dep"] = where()
+        return 1
+
+    async def async_yield_dep() -> Any:
+        yield 2
+
+    router = APIRouter(route_class=PortalRoute)
+
+    @router.get("/only-async")
+    async def endpoint(a: int = Depends(async_dep), b: int = Depends(async_yield_dep)) -> int:
+        seen["endpoint"] = where()
+        return a + b
+
+    app = FastAPI()
+    app.include_router(router)
+    (response,) = run(backend, app, "/only-async")
+    assert response.json() == 3
+    assert seen["dep"] == seen["endpoint"] == {"loop_thread": True, "portal": False}
+
+
+def test_override_with_a_def_function_runs_in_a_portal(backend: Backend) -> None:
+    """A route built all-async, whose dependency is overridden by a def one."""
+
+    async def async_dep() -> dict[str, Any]:
+        return {"overridden": False}
+
+    def sync_override() -> dict[str, Any]:
+        nap()
+        return {"overridden": True, **where()}
+
+    router = APIRouter(route_class=PortalRoute)
+
+    @router.get("/o")
+    async def endpoint(d: dict[str, Any] = Depends(async_dep)) -> dict[str, Any]:
+        return d
+
+    app = FastAPI()
+    app.include_router(router)
+    app.dependency_overrides[async_dep] = sync_override
+    (response,) = run(backend, app, "/o")
+    assert response.json() == {"overridden": True, "loop_thread": True, "portal": True}
 
 
 def test_plain_apiroute_still_threads_the_same_app(backend: Backend) -> None:

@@ -72,8 +72,12 @@ async def drive(
     customers: int = SEED_USERS,
     progress: Callable[[int, float], None] | None = None,
     progress_every: float = 0.5,
+    path: Callable[[random.Random], str] | None = None,
 ) -> LoadResult:
     """Send requests to ``/<variant>/customers/<id>/summary`` for *seconds*; measure.
+
+    *path*, if given, makes each request's path instead, from the
+    connection's seeded ``random.Random`` (``benchmarks/bench_fastapi.py``).
 
     *concurrency* connections each keep one request in flight.  Requests
     still running when the time is up are awaited and counted.  *progress*,
@@ -91,11 +95,11 @@ async def drive(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while time.perf_counter() < deadline:
-                customer = rng.randint(1, customers)
-                request = (
-                    f"GET /{variant}/customers/{customer}/summary HTTP/1.1\r\n"
-                    f"Host: {host}:{port}\r\n\r\n"
-                ).encode()
+                if path is None:
+                    target = f"/{variant}/customers/{rng.randint(1, customers)}/summary"
+                else:
+                    target = path(rng)
+                request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
                 sent = time.perf_counter()
                 status, body = await _get(reader, writer, request)
                 if status == 200:

@@ -107,7 +107,8 @@ async def with_portal_run(
     if task_id is _await._HAS_PORTAL:
         return await async_fn(*args, **kwargs)
     aw = async_fn(*args, **kwargs)
-    coro = aw if isinstance(aw, Coroutine) else _adapt(aw)
+    # type() first: the ABC check costs more than a call's other work here.
+    coro = aw if type(aw) is CoroutineType or isinstance(aw, Coroutine) else _adapt(aw)
     try:
         return await cast(Awaitable[T], Portal(coro, None, task_id))
     except BaseException as error:

@@ -68,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, TypeVar
@@ -79,7 +80,8 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ._api import with_portal_run_sync
+from ._api import with_portal_run, with_portal_run_sync
+from ._guards import is_async_callable
 from .starlette import threadpool, wants_threadpool
 
 __all__ = ["PortalRoute", "threadpool"]
@@ -127,9 +129,11 @@ def _target(fn: Callable[..., Any], kwargs: dict[str, Any]) -> object:
 async def run_in_threadpool(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """FastAPI's threaded call: in a portal under PortalRoute, else in a thread."""
     if _in_portal_route.get() and not wants_threadpool(_target(fn, kwargs)):
-        # A partial, not with_portal_run_sync(fn, *args, **kwargs): a
-        # dependency's parameters could be named like ours.
-        return await with_portal_run_sync(functools.partial(fn, *args, **kwargs))
+        # In the request's portal this is a plain call.  A dependency with a
+        # parameter named like with_portal_run_sync's own goes in a partial.
+        if "sync_fn" in kwargs:
+            return await with_portal_run_sync(functools.partial(fn, *args, **kwargs))
+        return await with_portal_run_sync(fn, *args, **kwargs)
     result: T = await _threaded_call(fn, *args, **kwargs)
     return result
 
@@ -193,13 +197,41 @@ class PortalRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        # One portal per request, made before any sync call, rather than one
+        # per call: each of those would cost a greenlet.  A route with nothing
+        # sync (an override can still add some) gets none.
+        in_portal = _has_sync_calls(self.dependant)
 
         @functools.wraps(handler)
         async def portal_route_handler(request: Request) -> Response:
             token = _in_portal_route.set(True)
             try:
+                if in_portal:
+                    return await with_portal_run(handler, request)
                 return await handler(request)
             finally:
                 _in_portal_route.reset(token)
 
         return portal_route_handler
+
+
+def _has_sync_calls(dependant: Any) -> bool:
+    """Does *dependant* or a dependency under it call a def function?"""
+    pending = [dependant]
+    while pending:
+        node = pending.pop()
+        call = getattr(node, "call", None)
+        if call is not None and not _is_async(call):
+            return True
+        pending.extend(getattr(node, "dependencies", ()))
+    return False
+
+
+def _is_async(call: object) -> bool:
+    if is_async_callable(call):
+        return True
+    while isinstance(call, functools.partial):
+        call = call.func
+    if not inspect.isroutine(call):  # an object: its class's __call__
+        call = inspect.getattr_static(type(call), "__call__", None)
+    return callable(call) and inspect.isasyncgenfunction(inspect.unwrap(call))
