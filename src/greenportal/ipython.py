@@ -47,6 +47,8 @@ On the shell, two instance attributes, which shadow the class's methods:
   checkpoint, and costs nothing when the task has a portal already.  When
   the pseudo-sync runner drives it (``%autoawait off``), it adds nothing:
   a portal there would let ``await_`` yield to a runner that cannot wait.
+  On the main thread it also handles SIGINT (the kernel's interrupt) while
+  the cell runs: see "Interrupts" below.
 
 On the loop (the running one when the extension is loaded from a kernel
 cell, else IPython's ``get_asyncio_loop()``): :func:`greenportal.nest_asyncio.apply`,
@@ -73,6 +75,24 @@ cells already run gives each cell such a start, and brings the rest of what
 async cells have: Ctrl-C (the kernel's interrupt) cancels the cell's task,
 so a cell waiting in ``await_`` ends with ``CancelledError`` and a
 traceback, and the kernel goes on.
+
+Interrupts
+----------
+ipykernel interrupts an async cell by cancelling its task from a SIGINT
+handler, through a callback that it schedules without waking the loop: the
+cancellation arrives only when the loop's ``select()`` returns for some other
+reason (ipykernel issue 881), and a cell busy in sync code (``while True``,
+``time.sleep``) is never interrupted, as a synchronous cell would be.  With
+every cell async, that would make runaway cells unstoppable.  So for the
+length of the cell, the wrapper puts a handler in front of ipykernel's:
+
+* if the signal arrives while the cell's task is running the cell's code
+  (a frame under IPython's ``run_code`` is on the stack), it raises
+  ``KeyboardInterrupt`` there, exactly as in a synchronous cell;
+* otherwise the cell is waiting (in ``await_``, or a top-level ``await``):
+  it calls ipykernel's handler (or, where Python's default handler was in
+  place, as in terminal IPython, cancels the cell's task itself) and wakes
+  the loop, so that the wait ends at once with ``CancelledError``.
 
 Rejected:
 
@@ -123,10 +143,13 @@ Known gaps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import signal
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import CodeType, FrameType
 from typing import Any
 
 try:
@@ -199,21 +222,70 @@ def _make_should_run_async(
     return should_run_async
 
 
-def _make_run_cell_async(state: _Loaded, original: Callable[..., Any]) -> Callable[..., Any]:
+def _inside(frame: FrameType | None, code: CodeType | None) -> bool:
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def _interruptible(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], run_code: CodeType | None
+) -> Iterator[None]:
+    """Let SIGINT interrupt the cell that *task* runs, busy or waiting.
+
+    While the cell's own code runs (the signal arrives in a frame under
+    IPython's ``run_code``, in *task*'s step), raise KeyboardInterrupt there,
+    as in a synchronous cell.  Otherwise the cell is waiting: hand the signal
+    to the handler that was there (ipykernel's, which cancels the cell's
+    task) or, if that is Python's default, cancel the task; then wake the
+    loop, which would otherwise run that handler's callback only when its
+    ``select()`` times out (ipykernel issue 881).
+    """
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if asyncio.current_task(loop) is task and _inside(frame, run_code):
+            raise KeyboardInterrupt
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
+        else:
+            loop.call_soon_threadsafe(task.cancel)
+        loop.call_soon_threadsafe(_nothing)  # writes to the loop's self-pipe
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _make_run_cell_async(
+    shell: InteractiveShell, state: _Loaded, original: Callable[..., Any]
+) -> Callable[..., Any]:
+    run_code = getattr(getattr(type(shell), "run_code", None), "__code__", None)
+
     @functools.wraps(original)
     async def run_cell_async(*args: Any, **kwargs: Any) -> Any:
         # Read at the coroutine's first step: the kernel and the terminal both
         # ask should_run_async about a cell before they start running it.
         to_task = getattr(state.decision, "to_task", False)
         state.decision.to_task = False
-        if (
-            to_task
-            and state.active
-            and asyncio._get_running_loop() is not None
-            and asyncio.current_task() is not None
-        ):
+        loop = asyncio._get_running_loop()
+        task = asyncio.current_task() if loop is not None else None
+        if not (to_task and state.active and loop is not None and task is not None):
+            return await original(*args, **kwargs)
+        if threading.current_thread() is not threading.main_thread():
             return await with_portal_run(original, *args, **kwargs)
-        return await original(*args, **kwargs)
+        with _interruptible(loop, task, run_code):
+            return await with_portal_run(original, *args, **kwargs)
 
     return run_cell_async
 
@@ -250,7 +322,7 @@ def load_ipython_extension(ipython: Any) -> None:
     state.factory_after = loop.get_task_factory()
     state.installed = {
         "should_run_async": _make_should_run_async(shell, state, shell.should_run_async),
-        "run_cell_async": _make_run_cell_async(state, shell.run_cell_async),
+        "run_cell_async": _make_run_cell_async(shell, state, shell.run_cell_async),
     }
     for name in _ATTRIBUTES:
         setattr(shell, name, state.installed[name])
