@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import queue
 import sys
 import textwrap
 import time
@@ -287,7 +286,8 @@ def test_load_and_unload(flavour: str, tmp_path: pathlib.Path) -> None:
         assert reply.ename == "RuntimeError"
         assert "cannot be called from a running event loop" in (reply.evalue or "")
         # Everything load changed is back: no instance attributes, the same factory.
-        assert kernel.value("sorted({'should_run_async', 'run_cell_async'} & vars(get_ipython()).keys())") == "[]"
+        attributes = "{'should_run_async', 'run_cell_async'} & vars(get_ipython()).keys()"
+        assert kernel.value(f"sorted({attributes})") == "[]"
         assert kernel.value("id(asyncio.get_running_loop().get_task_factory())") == factory_before
         # Unloading what is not loaded does nothing.
         kernel.ok("greenportal.unload_ipython_extension(get_ipython())\n")

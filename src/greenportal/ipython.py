@@ -295,7 +295,7 @@ def _target_loop() -> asyncio.AbstractEventLoop:
     running = asyncio._get_running_loop()
     if running is not None:
         return running
-    loop: asyncio.AbstractEventLoop = get_asyncio_loop()
+    loop: asyncio.AbstractEventLoop = get_asyncio_loop()  # type: ignore[no-untyped-call]
     return loop
 
 
