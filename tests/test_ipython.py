@@ -183,13 +183,13 @@ def library_run_until_complete(x):
 """
 
 
-def _start(flavour: str, tmp: pathlib.Path) -> Kernel:
+def _start(flavour: str, tmp: pathlib.Path, *options: str) -> Kernel:
     spec_dir = tmp / "kernels" / "greenportal-test"
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(
         json.dumps(
             {
-                "argv": [sys.executable, str(LAUNCHER), "-f", "{connection_file}"],
+                "argv": [sys.executable, str(LAUNCHER), "-f", "{connection_file}", *options],
                 "display_name": f"greenportal test ({flavour})",
                 "language": "python",
             }
@@ -396,28 +396,59 @@ def test_exceptions_show_the_usual_traceback(loaded: Kernel) -> None:
     assert loaded.value("1 + 1") == "2"
 
 
+INTERRUPTED = {
+    "await_": ("fetch_sync(0, delay=60)", "CancelledError"),  # waiting in await_
+    "await": ("await asyncio.sleep(60)", "CancelledError"),  # waiting at top level
+    "time.sleep": ("time.sleep(60)", "KeyboardInterrupt"),  # blocking the loop
+    "busy": ("while True:\n    pass", "KeyboardInterrupt"),  # busy
+}
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    ("code", "ename"),
-    [
-        ("fetch_sync(0, delay=60)", "CancelledError"),  # waiting in await_
-        ("await asyncio.sleep(60)", "CancelledError"),  # waiting at top level
-        ("time.sleep(60)", "KeyboardInterrupt"),  # blocking the loop
-        ("while True:\n    pass", "KeyboardInterrupt"),  # busy
-    ],
-    ids=["await_", "await", "time.sleep", "busy"],
+    ("case", "autoawait"),
+    [(case, "on") for case in INTERRUPTED]
+    + [(case, "off") for case in INTERRUPTED if case != "await"],  # a SyntaxError there
 )
-def test_interrupting_a_cell(loaded: Kernel, code: str, ename: str) -> None:
-    msg_id = loaded.send("print('started', flush=True)\n" + code)
-    loaded.wait_for_output(msg_id, "started")
-    time.sleep(0.2)  # into the wait
-    start = time.monotonic()
-    loaded.km.interrupt_kernel()
-    reply = loaded.reply(msg_id, timeout=10)
-    assert time.monotonic() - start < 5  # not when the wait would have ended
-    assert (reply.status, reply.ename) == ("error", ename)
-    # The kernel goes on, the extension too.
-    assert loaded.value("fetch_sync(2)") == "4"
+def test_interrupting_a_cell(loaded: Kernel, case: str, autoawait: str) -> None:
+    code, ename = INTERRUPTED[case]
+    loaded.ok(f"%autoawait {autoawait}\n")
+    try:
+        msg_id = loaded.send("print('started', flush=True)\n" + code)
+        loaded.wait_for_output(msg_id, "started")
+        time.sleep(0.2)  # into the wait
+        start = time.monotonic()
+        loaded.km.interrupt_kernel()
+        reply = loaded.reply(msg_id, timeout=10)
+        assert time.monotonic() - start < 5  # not when the wait would have ended
+        assert (reply.status, reply.ename) == ("error", ename)
+        # The kernel goes on, the extension too.
+        assert loaded.value("fetch_sync(2)") == "4"
+        assert loaded.value("library_run(3)") == "6"
+    finally:
+        loaded.ok("%autoawait on\n")
+
+
+@pytest.mark.timeout(60)
+def test_loaded_from_the_kernel_configuration(tmp_path: pathlib.Path) -> None:
+    """Loaded before the kernel's loop runs: the first cell gives that loop portals."""
+    kernel = _start("asyncio-c", tmp_path, "--InteractiveShellApp.extensions=greenportal")
+    try:
+        kernel.ok(HELPERS)
+        assert kernel.value("fetch_sync(1)") == "2"
+        assert kernel.value("asyncio.run(fetch(2))") == "4"
+        assert kernel.value("asyncio.get_running_loop().get_task_factory() is not None") == "True"
+        # Tasks the cells create get portals: the factory is on the kernel's loop.
+        reply = kernel.ok(
+            """
+            async def job():
+                return library_run(3)
+            print(await asyncio.get_running_loop().create_task(job()))
+            """
+        )
+        assert reply.stdout == "6\n"
+    finally:
+        _stop(kernel)
 
 
 @pytest.mark.timeout(60)
@@ -451,9 +482,11 @@ def test_in_process_shell_without_a_kernel() -> None:
         assert cell("greenportal.has_portal()") is False
         greenportal.unload_ipython_extension(shell)           # not loaded: nothing
         cell("%load_ext greenportal")
-        cell("%load_ext greenportal")
         loop = get_asyncio_loop()
+        assert loop.get_task_factory() is None                # no loop ran %load_ext
         assert cell("asyncio.get_running_loop()") is loop     # cells run on IPython's loop
+        assert loop.get_task_factory() is not None            # and the first gave it portals
+        cell("%load_ext greenportal")
         assert cell("greenportal.has_portal()") is True
         assert cell("greenportal.await_(asyncio.sleep(0, 'a'))") == "a"
         assert cell("asyncio.run(asyncio.sleep(0, 'b'))") == "b"

@@ -47,11 +47,15 @@ On the shell, two instance attributes, which shadow the class's methods:
   checkpoint, and costs nothing when the task has a portal already.  When
   the pseudo-sync runner drives it (``%autoawait off``), it adds nothing:
   a portal there would let ``await_`` yield to a runner that cannot wait.
-  On the main thread it also handles SIGINT (the kernel's interrupt) while
-  the cell runs: see "Interrupts" below.
+  On the main thread, in a task, it also handles SIGINT (the kernel's
+  interrupt) while the cell runs, ``%autoawait off`` or not: see
+  "Interrupts" below.
 
-On the loop (the running one when the extension is loaded from a kernel
-cell, else IPython's ``get_asyncio_loop()``): :func:`greenportal.nest_asyncio.apply`,
+On the loop (the one running when the extension is loaded from a kernel
+cell; else the loop of the first cell that runs in a task: IPython's
+``get_asyncio_loop()`` in the terminal, the kernel's loop when the kernel
+loads the extension from its configuration, before its loop runs):
+:func:`greenportal.nest_asyncio.apply`,
 which patches ``asyncio.run`` and ``run_until_complete`` process-wide (they
 only act differently inside a portal) and installs a task factory that gives
 every task created on the loop from then on a portal.  That makes nested
@@ -98,9 +102,9 @@ Rejected:
 
 * *A portal for the message-handling task only* (it does get one from the
   factory, which is why ``await_`` also works with ``%autoawait off`` in a
-  kernel): an interrupt then raises ``KeyboardInterrupt`` wherever the main
-  thread is, which while a cell waits in ``await_`` is inside the event
-  loop, not in the cell.
+  kernel): that task is ipykernel's, not the cell's, and what the cell runs
+  in depends on how ipykernel dispatches messages, which has changed
+  between its versions; the cell's own task is what IPython defines.
 * *An input transformer that prepends* ``await greenportal.ensure_portal()``
   to each cell: it changes the user's code (tracebacks, ``%history``,
   ``_i``), adds a checkpoint to every cell, and the portal it makes would
@@ -115,10 +119,11 @@ Known gaps
 ----------
 * ``%autoawait off``: cells run synchronously in the kernel's message task.
   In ipykernel that task has a portal (it was created after loading), so
-  ``await_`` and nested ``asyncio.run`` still work, but an interrupt while a
-  cell waits raises ``KeyboardInterrupt`` in the kernel's loop instead of
-  ending the cell.  In terminal IPython no loop runs then, so ``await_`` runs
-  its awaitable on :func:`greenportal.default_runner`'s loop, not IPython's.
+  ``await_`` and nested ``asyncio.run`` still work; an interrupt while such
+  a cell waits cancels that message task (the cell ends with
+  ``CancelledError``).  In terminal IPython no loop runs then, so ``await_``
+  runs its awaitable on :func:`greenportal.default_runner`'s loop, not
+  IPython's.
 * ``%autoawait trio`` (and curio, or any runner other than IPython's asyncio
   runner) keeps IPython's behaviour: cells without top-level ``await`` run
   synchronously and have no portal; a cell can give itself one with
@@ -153,7 +158,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 try:
-    from IPython.core.async_helpers import _asyncio_runner, get_asyncio_loop
+    from IPython.core.async_helpers import _asyncio_runner
     from IPython.core.interactiveshell import InteractiveShell
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -280,23 +285,27 @@ def _make_run_cell_async(
         state.decision.to_task = False
         loop = asyncio._get_running_loop()
         task = asyncio.current_task() if loop is not None else None
-        if not (to_task and state.active and loop is not None and task is not None):
+        if not state.active or loop is None or task is None:
+            return await original(*args, **kwargs)  # terminal IPython, not in a task
+        if state.loop is None:
+            _give_portals(state, loop)  # loaded before the loop ran (from the config)
+        with contextlib.ExitStack() as stack:
+            if threading.current_thread() is threading.main_thread():
+                stack.enter_context(_interruptible(loop, task, run_code))
+            if to_task:
+                return await with_portal_run(original, *args, **kwargs)
+            # The pseudo-sync runner (%autoawait off) in the kernel's message task.
             return await original(*args, **kwargs)
-        if threading.current_thread() is not threading.main_thread():
-            return await with_portal_run(original, *args, **kwargs)
-        with _interruptible(loop, task, run_code):
-            return await with_portal_run(original, *args, **kwargs)
 
     return run_cell_async
 
 
-def _target_loop() -> asyncio.AbstractEventLoop:
-    """The kernel's loop when called from a kernel cell, else IPython's own."""
-    running = asyncio._get_running_loop()
-    if running is not None:
-        return running
-    loop: asyncio.AbstractEventLoop = get_asyncio_loop()  # type: ignore[no-untyped-call]
-    return loop
+def _give_portals(state: _Loaded, loop: asyncio.AbstractEventLoop) -> None:
+    """nest_asyncio.apply(*loop*), remembering the factory it replaced."""
+    state.loop = loop
+    state.factory_before = loop.get_task_factory()
+    nest_asyncio.apply(loop)
+    state.factory_after = loop.get_task_factory()
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -315,11 +324,11 @@ def load_ipython_extension(ipython: Any) -> None:
     if shell in _loaded:
         return
     state = _Loaded(shell)
-    loop = _target_loop()
-    state.loop = loop
-    state.factory_before = loop.get_task_factory()
-    nest_asyncio.apply(loop)
-    state.factory_after = loop.get_task_factory()
+    running = asyncio._get_running_loop()
+    if running is not None:
+        _give_portals(state, running)
+    # Else (terminal IPython, or an extension loaded from the configuration
+    # before the kernel's loop runs): the first cell run in a task does it.
     state.installed = {
         "should_run_async": _make_should_run_async(shell, state, shell.should_run_async),
         "run_cell_async": _make_run_cell_async(shell, state, shell.run_cell_async),
