@@ -54,8 +54,9 @@ On the shell, two instance attributes, which shadow the class's methods:
 On the loop (the one running when the extension is loaded from a kernel
 cell; else the loop of the first cell that runs in a task: IPython's
 ``get_asyncio_loop()`` in the terminal, the kernel's loop when the kernel
-loads the extension from its configuration, before its loop runs):
-:func:`greenportal.nest_asyncio.apply`,
+loads the extension from its configuration, before its loop runs): what
+:func:`greenportal.nest_asyncio.apply` does, but for giving the calling
+task a portal,
 which patches ``asyncio.run`` and ``run_until_complete`` process-wide (they
 only act differently inside a portal) and installs a task factory that gives
 every task created on the loop from then on a portal.  That makes nested
@@ -117,13 +118,14 @@ Rejected:
 
 Known gaps
 ----------
-* ``%autoawait off``: cells run synchronously in the kernel's message task.
-  In ipykernel that task has a portal (it was created after loading), so
-  ``await_`` and nested ``asyncio.run`` still work; an interrupt while such
-  a cell waits cancels that message task (the cell ends with
-  ``CancelledError``).  In terminal IPython no loop runs then, so ``await_``
-  runs its awaitable on :func:`greenportal.default_runner`'s loop, not
-  IPython's.
+* ``%autoawait off``: cells run synchronously in the kernel's task for the
+  message.  ipykernel 7 makes one per message, after loading, so it has a
+  portal: ``await_`` and nested ``asyncio.run`` still work, and an
+  interrupt while such a cell waits cancels that task (the cell ends with
+  ``CancelledError``).  ipykernel 6 handles every message in one task,
+  created when the kernel started, which has no portal: ``await_`` raises.
+  In terminal IPython no loop runs then, so ``await_`` runs its awaitable on
+  :func:`greenportal.default_runner`'s loop, not IPython's.
 * ``%autoawait trio`` (and curio, or any runner other than IPython's asyncio
   runner) keeps IPython's behaviour: cells without top-level ``await`` run
   synchronously and have no portal; a cell can give itself one with
@@ -131,9 +133,9 @@ Known gaps
   terminal IPython uses the default runner.  ipykernel's Trio mode
   (``--IPKernelApp.trio_loop``) is not supported.
 * The cell that runs ``%load_ext greenportal`` is running already: it gets
-  no portal (``nest_asyncio.apply`` bestows one on its task, which works only
-  after that task yields, and a synchronous cell never does); the next cell
-  has one.
+  no portal (one bestowed on its task would work only after the task yields,
+  and in ipykernel 6 that task is the one that handles every message); the
+  next cell has one.
 * Tasks created on the loop before loading have no portal; tasks created
   afterwards all do (a greenlet each while they run, and on a loop with an
   eager task factory, tasks created inside a portal start on the next
@@ -165,8 +167,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "greenportal.ipython needs IPython, which is not installed: pip install ipython"
     ) from error
 
-from . import nest_asyncio
 from ._api import with_portal_run
+from ._backends import _nest
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension"]
 
@@ -301,10 +303,15 @@ def _make_run_cell_async(
 
 
 def _give_portals(state: _Loaded, loop: asyncio.AbstractEventLoop) -> None:
-    """nest_asyncio.apply(*loop*), remembering the factory it replaced."""
+    """nest_asyncio.apply(*loop*), remembering the factory it replaced.
+
+    Unlike ``nest_asyncio.apply()``, it gives the calling task no portal: in
+    ipykernel 6 that task handles every message of the session, and would
+    keep its portal after unloading.
+    """
     state.loop = loop
     state.factory_before = loop.get_task_factory()
-    nest_asyncio.apply(loop)
+    _nest.apply(loop)
     state.factory_after = loop.get_task_factory()
 
 
