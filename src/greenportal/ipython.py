@@ -245,21 +245,29 @@ def _interruptible(
 
     While the cell's own code runs (the signal arrives in a frame under
     IPython's ``run_code``, in *task*'s step), raise KeyboardInterrupt there,
-    as in a synchronous cell.  Otherwise the cell is waiting: hand the signal
-    to the handler that was there (ipykernel's, which cancels the cell's
-    task) or, if that is Python's default, cancel the task; then wake the
-    loop, which would otherwise run that handler's callback only when its
-    ``select()`` times out (ipykernel issue 881).
+    as in a synchronous cell; while *task* runs anything else, do what the
+    handler that was there does.  Otherwise the cell is waiting: hand the
+    signal to that handler (ipykernel's, which cancels the cell's task) or,
+    if that is Python's default, cancel the task; then wake the loop, which
+    would otherwise run that handler's callback only when its ``select()``
+    times out (ipykernel issue 881).
     """
     previous = signal.getsignal(signal.SIGINT)
+    # None where Python's default (KeyboardInterrupt) or no Python handler is.
+    handler: Callable[[int, FrameType | None], Any] | None = None
+    if callable(previous) and previous is not signal.default_int_handler:
+        handler = previous
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
-        if asyncio.current_task(loop) is task and _inside(frame, run_code):
-            raise KeyboardInterrupt
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)
-        else:
+        if asyncio.current_task(loop) is task:
+            if handler is None or _inside(frame, run_code):
+                raise KeyboardInterrupt
+            handler(signum, frame)
+            return
+        if handler is None:
             loop.call_soon_threadsafe(task.cancel)
+        else:
+            handler(signum, frame)
         loop.call_soon_threadsafe(_nothing)  # writes to the loop's self-pipe
 
     signal.signal(signal.SIGINT, on_sigint)
