@@ -33,12 +33,9 @@ jupyter_client = pytest.importorskip(
 )
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 
-pytestmark = [
-    pytest.mark.subprocess,
-    # jupyter_core warns, once per process, that its paths will move to
-    # platformdirs (a notice about its own configuration, not about this code).
-    pytest.mark.filterwarnings("ignore:Jupyter is migrating its paths:DeprecationWarning"),
-]
+# Under the suite's -W error: jupyter_client 8.10 and ipykernel 6.31/7.x warn
+# nothing in this process (their DeprecationWarnings stay in the kernel's).
+pytestmark = pytest.mark.subprocess
 
 LAUNCHER = pathlib.Path(__file__).resolve().parent / "ipykernel_launcher_flavours.py"
 # Where this process imported greenportal from: the kernel must test the same code.
