@@ -24,7 +24,7 @@ SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "greenportal"
 PACKAGE = "greenportal"
 LIBRARIES = {"asyncio", "trio", "anyio", "uvloop", "sniffio", "curio", "outcome"}
 # Integration modules adapt one library each and may name it.
-INTEGRATIONS = {"aiohttp", "asgi", "fastapi", "sqlalchemy", "starlette", "pytest_plugin"}
+INTEGRATIONS = {"aiohttp", "asgi", "fastapi", "ipython", "sqlalchemy", "starlette", "pytest_plugin"}
 MAX_LINES = 820
 
 if not SRC.is_dir():  # pragma: no cover - running from an installed wheel

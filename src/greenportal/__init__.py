@@ -12,6 +12,8 @@ Module map (imports go one way, down this list; ``docs/principle.rst``):
   ``_runner``, ``_bridges``, ``_dispatch``, ``_guards``: the public functions
   (and ``_guards``' check for async callables), none of which knows an event
   loop library;
+* ``_extension``: the IPython extension hooks, which import
+  ``greenportal.ipython`` (an integration) only when called;
 * ``_backends``: everything that does (``_asyncio``, ``_eager``, ``_ctask``,
   ``_trio``, ``_anyio``), behind the interface in its ``__init__``;
 * ``_portal``: the engine (the greenlet portal and ``await_``);
@@ -44,6 +46,8 @@ from ._blocking import BlockingGeneratorFunction as BlockingGeneratorFunction
 from ._blocking import BlockingObject as BlockingObject
 from ._blocking import blocking as blocking
 from ._dispatch import await_slow as _await_slow  # noqa: F401  (registers the slow path)
+from ._extension import load_ipython_extension as load_ipython_extension
+from ._extension import unload_ipython_extension as unload_ipython_extension
 from ._runner import Runner as Runner
 from ._runner import RunnerClosedError as RunnerClosedError
 from ._runner import SyncContext as SyncContext
@@ -92,6 +96,9 @@ __all__ = [
     "SyncContext",
     "default_runner",
     "set_default_runner",
+    # %load_ext greenportal (IPython is imported only when they are called)
+    "load_ipython_extension",
+    "unload_ipython_extension",
     "__version__",
 ]
 
