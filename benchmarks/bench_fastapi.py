@@ -136,7 +136,8 @@ async def load_once(
 ) -> dict[str, float]:
     """One load run from another process: wrk if found (cheaper per request), else ours."""
     if args.load == "wrk":
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
+        whole = max(1, round(seconds))  # wrk takes whole seconds
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{whole}s", "--timeout", "10s", "--latency"]
         cmd.append(f"http://127.0.0.1:{port}{target}")
         process = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
         output, _ = await process.communicate()

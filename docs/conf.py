@@ -79,6 +79,8 @@ nitpick_ignore = [
     ("py:class", "C"),
     ("py:class", "S"),
     ("py:class", "Y"),
+    # threadpool()'s: the function it marks and returns.
+    ("py:class", "F"),
     # Runner.__exit__'s annotation, written bare (from types import TracebackType).
     ("py:class", "TracebackType"),
 ]

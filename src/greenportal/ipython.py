@@ -55,11 +55,11 @@ On the loop (the one running when the extension is loaded from a kernel
 cell; else the loop of the first cell that runs in a task: IPython's
 ``get_asyncio_loop()`` in the terminal, the kernel's loop when the kernel
 loads the extension from its configuration, before its loop runs): what
-:func:`greenportal.nest_asyncio.apply` does, but for giving the calling
-task a portal,
-which patches ``asyncio.run`` and ``run_until_complete`` process-wide (they
-only act differently inside a portal) and installs a task factory that gives
-every task created on the loop from then on a portal.  That makes nested
+:func:`greenportal.nest_asyncio.apply` does, except that the calling task
+gets no portal.  That patches ``asyncio.run`` and ``run_until_complete``
+process-wide (they only act differently inside a portal) and installs a
+task factory that gives every task created on the loop from then on a
+portal.  That makes nested
 runs work in the tasks a cell starts too, and it is what gives the cell's
 own task its portal in the first place (the wrapper then finds one).
 

@@ -114,7 +114,7 @@ def _is_sync_function(endpoint: object) -> bool:
 
 
 class PortalRoute(Route):
-    """A Starlette :class:`~starlette.routing.Route` that runs a ``def`` endpoint in a portal.
+    """A Starlette ``Route`` that runs a ``def`` endpoint in a portal.
 
     Takes Starlette's ``Route`` arguments.  A sync function endpoint runs on
     the event loop's thread, so that it and the code it calls can use
