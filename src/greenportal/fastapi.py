@@ -37,14 +37,25 @@ plain dependencies, response validation of sync endpoints) and
 module replaces those two names in ``fastapi.routing`` and
 ``fastapi.dependencies.utils`` with versions that look at a context
 variable: :class:`PortalRoute`'s request handler sets it for the duration of
-its request, and while it is set the call runs in a portal on the loop; in
+its request, and while it is set the call runs on the loop, in the
+request's portal; in
 every other request they hand over to FastAPI's originals, so routes of
 other classes behave exactly as before, at the cost of one context-variable
 read per threaded call.  Everything that decides *what* runs (dependency
 solving, ``Depends`` caching, ``dependency_overrides``, validation, the
 OpenAPI schema, background tasks) is FastAPI's own, untouched.
 
-Rejected: rewriting each route's ``Dependant`` tree, replacing every sync
+The request's handler runs in one portal (:func:`greenportal.with_portal_run`),
+made before the first sync call, so each sync call is then a plain call;
+a route whose endpoint and dependencies are all async gets no portal (an
+override that brings a sync one in still works: that call makes a portal
+of its own).  Rejected: a portal per sync call, which was the first
+version.  It left async code untouched, but cost a greenlet per call:
+899,000 instructions per request of ``benchmarks/fastapi_server.py``
+against 854,000 with a portal per request (callgrind; 715,000 written
+``async def``).
+
+Rejected too: rewriting each route's ``Dependant`` tree, replacing every sync
 ``call`` with an async wrapper.  FastAPI keys ``dependency_overrides`` and
 its per-request cache on the original callables, rebuilds dependants for
 overrides at request time, and caches its callable classification, so the
