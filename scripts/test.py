@@ -12,7 +12,8 @@ creates or reuses ``.venv-test-3.X`` in the repository root, installs
 C compiler is found, the suite again with ``GREENPORTAL_PURE_PYTHON=1`` (the
 pure-Python twins of the C accelerator; integrations included, only the
 tests of ``tools/pgcluster.py`` left out, as they exercise no greenportal
-code); it runs beside the compiled run of the same Python, its output
+code, and the Jupyter kernel tests, which start a dozen kernels for code
+that has no compiled twin); it runs beside the compiled run of the same Python, its output
 shown when it ends (``--serial`` runs it after instead).  With a compiler the
 compiled runs set ``GREENPORTAL_REQUIRE_SPEEDUPS=1``: the accelerator must have
 been built.  Then, once, on the newest version found:
@@ -20,7 +21,8 @@ been built.  Then, once, on the newest version found:
 * ``python -O -m pytest -q -k "ctask or await"`` (the ctypes code must work
   with asserts off);
 * the suite in ``.venv-notrio`` (``-e .[test-asyncio]``), where Trio is not
-  installed (greenportal must work without it; the Trio tests skip);
+  installed (greenportal must work without it; the Trio tests skip; the
+  kernel tests, which need no Trio, are left to the main runs);
 * the compiled layer's memory-safety slices (``scripts/reliability.py
   --sanitize --short`` and ``--refleak --short``, when a C compiler is found;
   see that script);
@@ -58,6 +60,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
 LINT_PATHS = ["src", "tests", "benchmarks", "examples", "scripts"]
+# Left out of the pure-Python runs: tools/pgcluster.py's tests run no
+# greenportal code, and the kernel tests (tests/test_ipython.py, a dozen real
+# Jupyter kernels) test greenportal.ipython, which has no compiled twin; both
+# run in every compiled run.  The Trio-less run leaves out the kernel tests too.
+NOT_IN_SIDE_RUNS = ["--ignore=tests/test_pgcluster.py", "--ignore=tests/test_ipython.py"]
 FORMAT_PATHS = ["src", "tests"]
 INSTALL_TIMEOUT = 10 * 60
 RUN_TIMEOUT = 10 * 60
@@ -567,7 +574,7 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
             # launcher, which runs no greenportal code.)
             pure = Background(
                 f"pytest {version}, pure Python",
-                [py, "-m", "pytest", "-q", "--ignore=tests/test_pgcluster.py", *pytest_args],
+                [py, "-m", "pytest", "-q", *NOT_IN_SIDE_RUNS, *pytest_args],
                 venv=venv,
                 env={"GREENPORTAL_PURE_PYTHON": "1"},
                 serial=args.serial,
@@ -640,7 +647,11 @@ def run_without_trio(python: Python, pytest_args: list[str], *, serial: bool) ->
     if execute([py, "-c", absent], env=venv_env(venv), timeout=60) != 0:
         execute([py, "-m", "pip", "uninstall", "-q", "-y", "trio"], env=venv_env(venv), timeout=300)
     return Background(
-        name, [py, "-m", "pytest", "-q", *pytest_args], venv=venv, env={}, serial=serial
+        name,
+        [py, "-m", "pytest", "-q", "--ignore=tests/test_ipython.py", *pytest_args],
+        venv=venv,
+        env={},
+        serial=serial,
     )
 
 
