@@ -121,3 +121,25 @@ async def check_to_thread() -> None:
     await greenportal.to_thread(42)  # type: ignore[arg-type]
     greenportal.ThreadLimiter(1.5)  # type: ignore[arg-type]
     greenportal.asyncify(load, limiter=4)  # type: ignore[call-overload]
+
+
+def check_fastapi_routes() -> None:
+    from fastapi import APIRouter
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    import greenportal.fastapi
+    import greenportal.starlette
+
+    router = APIRouter(route_class=greenportal.fastapi.PortalRoute)
+    blocking_load = greenportal.fastapi.threadpool(load)  # the function itself, typed as it was
+    assert_type(blocking_load(1), list[int])
+    blocking_load("1")  # type: ignore[arg-type]
+    router.add_api_route("/load/{user_id}", blocking_load)
+
+    def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    route = greenportal.starlette.PortalRoute("/", endpoint)
+    assert_type(route, greenportal.starlette.PortalRoute)
+    greenportal.starlette.threadpool(42)  # type: ignore[type-var]
