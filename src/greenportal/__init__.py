@@ -28,6 +28,7 @@ its asserts rewritten: PYTEST_DONT_REWRITE says that it need not.
 # Portal greenlets speak SQLAlchemy's greenlet protocol (see greenportal.sqlalchemy);
 # this imports nothing from SQLAlchemy.
 from . import sqlalchemy as sqlalchemy
+from ._accel import SPEEDUPS as SPEEDUPS
 from ._adapters import async_context as async_context
 from ._adapters import async_iter as async_iter
 from ._adapters import autoawait as autoawait
@@ -99,6 +100,8 @@ __all__ = [
     # %load_ext greenportal (IPython is imported only when they are called)
     "load_ipython_extension",
     "unload_ipython_extension",
+    # introspection (python -m greenportal prints a fuller report)
+    "SPEEDUPS",
     "__version__",
 ]
 

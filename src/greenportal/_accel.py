@@ -37,13 +37,22 @@ def _load() -> Any:
     """
     if os.environ.get("GREENPORTAL_PURE_PYTHON", "") not in ("", "0"):
         return None
+    global LOAD_ERROR
     try:
         from . import _speedups  # type: ignore[attr-defined]
-    except ImportError:
+    except ImportError as error:
+        # Not built: "cannot import name '_speedups' from 'greenportal'".
+        missing = error.name == __package__ and "_speedups" in str(error)
+        LOAD_ERROR = (
+            "the extension is not built" if missing else f"the extension did not import: {error}"
+        )
         return None
     return _speedups
 
 
+#: Why the extension did not import (``python -m greenportal`` reports it);
+#: None if it did, or was not tried.
+LOAD_ERROR: str | None = None
 _speedups: Any = _load()
 
 #: True when the portal's hot path runs compiled (``_speedups.c``).

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "LOOP_DISTRIBUTIONS",
     "Backend",
     "Job",
     "LoopEvent",
@@ -63,6 +64,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The event loop libraries greenportal runs on or with, besides asyncio, by
+# distribution name: ``python -m greenportal`` reports their versions.
+LOOP_DISTRIBUTIONS = ("uvloop", "trio", "anyio")
 
 BackendName = Literal["asyncio", "trio"]
 NAMES: tuple[BackendName, ...] = ("asyncio", "trio")
