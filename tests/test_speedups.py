@@ -196,3 +196,46 @@ def test_the_implementation_in_use_matches_the_build() -> None:
         _, reference = _reference(_accel.TWINS[compiled] or "")
         expected = getattr(_accel._speedups, compiled) if COMPILED else reference
         assert active is expected, compiled
+
+
+SUBINTERPRETER_PROBE = """
+import sys
+import greenportal._speedups as compiled
+try:
+    import _interpreters as interpreters
+except ImportError:
+    import _xxsubinterpreters as interpreters
+code = '''
+import importlib.util
+spec = importlib.util.spec_from_file_location("greenportal._speedups", %r)
+try:
+    importlib.util.module_from_spec(spec)
+except ImportError as error:
+    raise SystemExit("refused: " + str(error))
+raise SystemExit("loaded")
+''' % compiled.__file__
+interp = interpreters.create()
+try:
+    result = interpreters.run_string(interp, code)
+    print(getattr(result, "msg", result))
+except Exception as error:  # 3.12 raises what the code raised
+    print(error)
+finally:
+    interpreters.destroy(interp)
+"""
+
+
+@pytest.mark.skipif(not COMPILED, reason="the C accelerator is not in use")
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Py_mod_multiple_interpreters is 3.12+")
+def test_extension_uses_multi_phase_init_and_declares_its_slots() -> None:
+    """The module is made by PEP 489's slots (which is also where it declares
+    Py_mod_gil): a sub-interpreter refuses it, as Py_mod_multiple_interpreters says."""
+    out = subprocess.run(
+        [sys.executable, "-c", SUBINTERPRETER_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "does not support loading in subinterpreters" in out.stdout, out.stdout

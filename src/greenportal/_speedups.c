@@ -1281,23 +1281,38 @@ swap_coro(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject **slot = (PyObject **)((char *)task + offset);
+    long outcome;
+    PyObject *now = NULL;
+    /* On free-threaded builds the task's fields are guarded by its critical
+     * section, which Task.__step holds for a whole step: take it, so that a
+     * write from another thread (bestow_portal) waits for the step to end.
+     * A write from inside the task's own step re-enters it (the outer
+     * section is suspended, not deadlocked).  With the GIL this is the GIL. */
+#ifdef Py_GIL_DISABLED
+    Py_BEGIN_CRITICAL_SECTION(task);
+#endif
     if (*slot != old) {
-        return PyLong_FromLong(0);
-    }
-    *slot = Py_NewRef(new);
-    PyObject *now = PyObject_CallMethodNoArgs(task, s_get_coro);
-    int seen = now == new;
-    Py_XDECREF(now);
-    if (!seen) {
-        *slot = old;
-        Py_DECREF(new);
-        if (now == NULL) {
-            return NULL;
+        outcome = 0;
+    } else {
+        *slot = Py_NewRef(new);
+        now = PyObject_CallMethodNoArgs(task, s_get_coro);
+        if (now == new) {
+            Py_DECREF(old);
+            outcome = 1;
+        } else {
+            *slot = old;
+            Py_DECREF(new);
+            outcome = now == NULL ? -2 : -1;
         }
-        return PyLong_FromLong(-1);
     }
-    Py_DECREF(old);
-    return PyLong_FromLong(1);
+#ifdef Py_GIL_DISABLED
+    Py_END_CRITICAL_SECTION();
+#endif
+    Py_XDECREF(now);
+    if (outcome == -2) {
+        return NULL;
+    }
+    return PyLong_FromLong(outcome);
 }
 
 /* ---- configuration ------------------------------------------------------- */
@@ -1433,25 +1448,67 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Multi-phase initialisation (PEP 489), so that the module can declare what
+ * it supports through slots:
+ *  - Py_mod_gil (3.13+): the module does not need the GIL.  Its state is
+ *    per portal (used by the thread that drives it), per thread (the idle
+ *    greenlets, kept in the thread state's dict) or immutable after exec
+ *    (the interned names and the type); the one write into another object
+ *    shared between threads, swap_coro's, holds the task's critical section.
+ *    Declared, compiled and tested here only on GIL builds: no free-threaded
+ *    CPython is installed on the development machine.
+ *  - Py_mod_multiple_interpreters (3.12+): not supported, as the type and the
+ *    names are process-wide statics.
+ * exec runs once per module object; the statics are made on the first run. */
+static int init_names(void);
+
+static int
+speedups_exec(PyObject *m)
+{
+    if (PyType_Ready(&PortalBase_Type) < 0) {
+        return -1;
+    }
+    if (s_portal_ref == NULL && init_names() < 0) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(m, "PortalBase", (PyObject *)&PortalBase_Type);
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, (void *)speedups_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "greenportal._speedups",
     .m_doc = "The portal's hot path in C; see greenportal._portal and greenportal._accel.",
-    .m_size = -1,
+    .m_size = 0,
     .m_methods = module_methods,
+    .m_slots = speedups_slots,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&PortalBase_Type) < 0) {
-        return NULL;
-    }
+    return PyModuleDef_Init(&speedups_module);
+}
+
+/* The interned attribute names, once per process. */
+static int
+init_names(void)
+{
     s_portal_ref = PyUnicode_InternFromString("portal_ref");
     s_throw = PyUnicode_InternFromString("throw");
     s_close = PyUnicode_InternFromString("close");
     if (s_close == NULL) {
-        return NULL;
+        return -1;
     }
     s_dead = PyUnicode_InternFromString("dead");
     s_value = PyUnicode_InternFromString("value");
@@ -1464,21 +1521,12 @@ PyInit__speedups(void)
     s_init_names[1] = PyUnicode_InternFromString("fn");
     s_init_names[2] = PyUnicode_InternFromString("task_id");
     if (!s_init_names[0] || !s_init_names[1] || !s_init_names[2]) {
-        return NULL;
+        return -1;
     }
     s_pool_key = PyUnicode_InternFromString("greenportal._speedups.idle_greenlets");
     if (!s_portal_ref || !s_throw || !s_dead || !s_value || !s_finalize || !s_parent ||
         !s_gr_context || !s_switch || !s_get_coro || !s_pool_key) {
-        return NULL;
+        return -1;
     }
-    PyObject *m = PyModule_Create(&speedups_module);
-    if (m == NULL) {
-        return NULL;
-    }
-    if (PyModule_AddObject(m, "PortalBase", Py_NewRef((PyObject *)&PortalBase_Type)) < 0) {
-        Py_DECREF(&PortalBase_Type);
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return 0;
 }
