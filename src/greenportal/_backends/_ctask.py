@@ -27,8 +27,23 @@ How the write is kept safe
   The caller keeps the old coroutine alive (the portal wraps it), so the drop
   can never free it under the running step.
 
-Known gaps: CPython only (other implementations get a clear error), and only
-on the versions we test (3.10 to 3.13); a newer CPython gets the same checks.
+What each CPython is assumed to do
+----------------------------------
+* 3.10 to 3.13 (tested): ``_asyncio.Task`` holds its coroutine in one
+  pointer field (``task_coro``), read by ``get_coro()``.
+* 3.14 and 3.15 (built, not tested here): the same field and accessor, read
+  from CPython's ``Modules/_asynciomodule.c``; the scan and the checks above
+  would catch a change before any write.
+* Free-threaded builds (3.13t, 3.14t; not tested here): ``Task.__step`` holds
+  the task's critical section for a whole step, and a write from another
+  thread (``bestow_portal``) must not race it.  The compiled write
+  (``_speedups.swap_coro``) takes that critical section; the ctypes
+  fallback below cannot, so on a free-threaded build without the compiled
+  module a cross-thread write is unguarded.  greenlet releases the sections
+  a switch leaves held only from 3.5.4 on, hence greenportal's floor.
+
+Known gaps: CPython only (other implementations get a clear error), and
+tested only on 3.10 to 3.13; a newer CPython gets the same checks.
 """
 
 from __future__ import annotations
