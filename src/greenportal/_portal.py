@@ -494,6 +494,15 @@ class _PortalCommon:
 
     @property
     def cr_await(self) -> Any:
+        """What the task waits for: while sync code of the portal waits in
+        :func:`~greenportal.await_`, the awaitable being driven (the
+        coroutine itself, for a coroutine), else the wrapped coroutine's own
+        ``cr_await``.  So tools that walk ``cr_await`` chains, such as 3.14's
+        ``asyncio.capture_call_graph()`` and ``python -m asyncio pstree``,
+        walk into what ``await_`` awaits."""
+        awaiting = self._awaiting
+        if awaiting is not None:
+            return awaiting
         return getattr(self.coro, "cr_await", None)
 
     @property
