@@ -26,6 +26,10 @@ been built.  Then, once, on the newest version found:
 * the compiled layer's memory-safety slices (``scripts/reliability.py
   --sanitize --short`` and ``--refleak --short``, when a C compiler is found;
   see that script);
+* ``scripts/build.py``: the sdist and a manylinux wheel built and checked
+  (``auditwheel repair``, ``twine check``), the wheel installed with its
+  ``test`` extra in a fresh ``.venv-wheel`` and ``WHEEL_TESTS`` run against
+  it, beside the lint steps (when a C compiler is found, on Linux);
 * in ``.venv-lint`` (``-e .[lint,docs]``): ``ruff check``, ``ruff format
   --check``, ``mypy`` and, if ``docs/conf.py`` exists, a warnings-as-errors
   Sphinx build.
@@ -64,6 +68,18 @@ LINT_PATHS = ["src", "tests", "benchmarks", "examples", "scripts"]
 # greenportal code, and the kernel tests (tests/test_ipython.py, a dozen real
 # Jupyter kernels) test greenportal.ipython, which has no compiled twin; both
 # run in every compiled run.  The Trio-less run leaves out the kernel tests too.
+# What runs against the built wheel (scripts/build.py --test-venv): the
+# packaging checks, the compiled hot path, and an integration.
+WHEEL_TESTS = [
+    "tests/test_main.py",
+    "tests/test_package.py",
+    "tests/test_speedups.py",
+    "tests/test_api.py",
+    "tests/test_await.py",
+    "tests/test_ctask.py",
+    "tests/test_introspection.py",
+    "tests/test_int_fastapi.py",
+]
 NOT_IN_SIDE_RUNS = ["--ignore=tests/test_pgcluster.py", "--ignore=tests/test_ipython.py"]
 FORMAT_PATHS = ["src", "tests"]
 INSTALL_TIMEOUT = 10 * 60
@@ -241,7 +257,7 @@ class Background:
     """
 
     def __init__(
-        self, name: str, cmd: list[str], *, venv: Path, env: dict[str, str], serial: bool
+        self, name: str, cmd: list[str], *, venv: Path | None, env: dict[str, str], serial: bool
     ) -> None:
         self.name = name
         self.env = {**venv_env(venv), **env}
@@ -598,6 +614,36 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
             if without_trio is not None:
                 without_trio.join()
 
+    wheel = test_built_wheel(newest, require, serial=args.serial)
+    try:
+        run_lint(args, newest)
+    finally:
+        if wheel is not None:
+            wheel.join()
+
+
+def test_built_wheel(python: Python, require: dict[str, str], *, serial: bool) -> Background | None:
+    """Build the sdist and a manylinux wheel (scripts/build.py), test the wheel.
+
+    The wheel goes into a fresh ``.venv-wheel`` with its ``test`` extra, and
+    a slice of the suite runs against it (not against ``src/``), beside the
+    lint steps.  None (the step skipped) without a C compiler or off Linux.
+    """
+    name = f"built wheel ({python.version})"
+    if not require:
+        skip(name, "no C compiler: no manylinux wheel to build")
+        return None
+    if not sys.platform.startswith("linux"):
+        skip(name, "auditwheel is Linux only")
+        return None
+    build = [sys.executable, str(ROOT / "scripts" / "build.py"), "--python", python.executable]
+    build += ["--out", str(REPORTS / "dist"), "--test-venv", str(ROOT / ".venv-wheel"), "--"]
+    return Background(
+        name, [*build, "pytest", "-q", *WHEEL_TESTS], venv=None, env={}, serial=serial
+    )
+
+
+def run_lint(args: argparse.Namespace, newest: Python) -> None:
     lint_steps = ["ruff check", "ruff format --check", "mypy", "sphinx docs"]
     if args.no_lint:
         for name in lint_steps:

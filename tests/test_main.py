@@ -7,6 +7,8 @@ import platform
 import subprocess
 import sys
 
+import pytest
+
 import greenportal
 
 
@@ -94,3 +96,19 @@ def test_report_says_why_the_extension_did_not_import() -> None:
     line = out.stdout.splitlines()[1]
     assert line.startswith("accelerator: pure Python (the extension did not import: "), line
     assert "build it)" in line
+
+
+@pytest.mark.skipif(
+    not os.environ.get("GREENPORTAL_TEST_INSTALLED"), reason="set when testing a built wheel"
+)
+def test_the_installed_wheel_is_the_copy_under_test() -> None:
+    """scripts/build.py --test-venv: not the source tree's greenportal."""
+    source = os.path.join(os.path.dirname(os.path.dirname(__file__)), "src")
+    assert not os.path.abspath(greenportal.__file__).startswith(os.path.abspath(source))
+    assert "site-packages" in greenportal.__file__
+    assert greenportal.SPEEDUPS
+    import importlib.resources
+
+    files = importlib.resources.files("greenportal")
+    assert (files / "py.typed").is_file()
+    assert not (files / "_speedups.c").is_file()  # wheels carry no C source
