@@ -36,6 +36,10 @@ try:
     import trio  # noqa: F401
 except ImportError:  # the asyncio-only run (scripts/test.py, extra "test-asyncio")
     CONFIGS.remove("trio")
+try:
+    import uvloop  # noqa: F401
+except ImportError:  # Windows, where uvloop does not run (the wheels' tests there)
+    CONFIGS.remove("uvloop")
 
 _PyTask: Any = getattr(asyncio.tasks, "_PyTask", asyncio.Task)
 
