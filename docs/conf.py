@@ -154,9 +154,18 @@ def setup(app):
 
 # -- HTML output ---------------------------------------------------------------
 
-html_theme = "alabaster"
+# furo: its content column widens with the window and scrolls wide code
+# blocks instead of clipping them (alabaster's fixed column clipped them).
+# Without furo installed (a bare Sphinx), the build falls back to alabaster.
+try:
+    import furo  # noqa: F401
+except ImportError:
+    html_theme = "alabaster"
+    html_theme_options = {
+        "description": "Call async code from synchronous code inside a running task.",
+        "fixed_sidebar": True,
+    }
+else:
+    html_theme = "furo"
+    html_theme_options = {}
 html_title = f"greenportal {release}"
-html_theme_options = {
-    "description": "Call async code from synchronous code inside a running task.",
-    "fixed_sidebar": True,
-}

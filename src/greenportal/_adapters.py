@@ -171,12 +171,22 @@ class async_iter(Generic[T]):
         return self._it
 
     def send(self, value: Any) -> T:
+        """Resume the async generator with *value* (``asend``) and return what it yields next.
+
+        Raises :exc:`StopIteration` when it finishes.  Needs an async
+        generator (or an object with ``asend``), as ``generator.send`` would.
+        """
         try:
             return await_(self._gen("send").asend(value))
         except StopAsyncIteration as exc:
             raise StopIteration(*exc.args) from None
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> T:
+        """Raise an exception inside the async generator (``athrow``).
+
+        Returns what it yields next; raises :exc:`StopIteration` if it
+        finishes, or the exception if it does not catch it.
+        """
         gen = self._gen("throw")
         try:
             if val is None and tb is None:
@@ -186,4 +196,5 @@ class async_iter(Generic[T]):
             raise StopIteration(*exc.args) from None
 
     def close(self) -> None:
+        """Close the async generator (``aclose``), running its ``finally`` blocks."""
         await_(self._gen("close").aclose())
