@@ -22,7 +22,7 @@ The sdist and the repaired wheel end up in *DIR* (default ``dist/``), and
 their paths are printed last, one per line.
 
 ``--test-venv VENV -- COMMAND...`` then makes *VENV* afresh, installs the
-repaired wheel with its ``test`` extra into it, and runs ``python -m
+repaired wheel and the ``test`` dependency group into it, and runs ``python -m
 COMMAND`` there from the repository root (``GREENPORTAL_TEST_INSTALLED=1``
 and ``GREENPORTAL_REQUIRE_SPEEDUPS=1`` set): ``scripts/test.py`` tests the
 built wheel this way.  Linux only (auditwheel); standard library only.
@@ -128,7 +128,8 @@ def test_in_fresh_venv(base: str, venv: Path, wheel: Path, command: list[str]) -
     run(base, "-m", "venv", "--clear", venv)
     python = venv / "bin" / "python"
     run(python, "-m", "pip", "install", "-q", "--upgrade", "pip")
-    run(python, "-m", "pip", "install", "-q", f"{wheel}[test]")
+    # The wheel, and the suite's dependency group from pyproject.toml.
+    run(python, "-m", "pip", "install", "-q", wheel, "--group", "test")
     env = dict(os.environ, GREENPORTAL_TEST_INSTALLED="1", GREENPORTAL_REQUIRE_SPEEDUPS="1")
     env.pop("PYTHONPATH", None)
     say("$ " + " ".join([str(python), "-m", *command]))

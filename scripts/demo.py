@@ -14,8 +14,8 @@ table of throughput and latency (see ``examples/demo.py``).  It needs no
 database server: SQLite in a temporary file is the default.
 
 Creates the virtualenv ``.venv-demo`` in the repository root (or reuses it),
-installs the project with its ``demo`` extra into it (``pip install
-'.[demo]'``: aiohttp, aiosqlite, asyncpg) and runs the demo with the
+installs the project and its ``demo`` dependency group into it (``pip install
+. --group demo``: aiohttp, aiosqlite, asyncpg) and runs the demo with the
 virtualenv's Python, passing DEMO_ARGS on.  Standard library only.  Uses the
 Python running this script if it is 3.10 or newer, else the newest CPython
 3.10-3.13 found as ``python3.X`` on PATH or under pyenv.
@@ -102,8 +102,10 @@ def main() -> int:
             hint = " (on Debian/Ubuntu: apt-get install python3-venv)" if not IS_WINDOWS else ""
             sys.exit(f"could not create {VENV}{hint}")
     python = str(venv_python())
-    say("installing greenportal and the demo's packages into it (pip install '.[demo]')")
-    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", ".[demo]"])
+    say("installing greenportal and the demo's packages into it (pip install . --group demo)")
+    quiet = ["--quiet", "--disable-pip-version-check"]
+    run([python, "-m", "pip", "install", *quiet, "--upgrade", "pip"])  # --group: pip 25.1+
+    run([python, "-m", "pip", "install", *quiet, ".", "--group", "demo"])
     say(f"running {DEMO.relative_to(ROOT)}")
     try:
         return subprocess.run([python, str(DEMO), *sys.argv[1:]], check=False).returncode

@@ -73,9 +73,9 @@ Either flag runs only its own check, unless ``--full`` is given too;
     without: 5 + 8 rounds of 1,000.
 
 The interpreter: ``--python PATH`` uses that one as it is (it must already
-have ``greenportal[test]`` installed); otherwise the script creates or reuses
+have the ``test`` dependency group installed); otherwise the script creates or reuses
 ``.venv-reliability`` in the repository root from the ``python3`` running
-it and installs ``-e .[test]`` into it.  Standard library only.  A summary
+it and installs ``-e . --group test`` into it.  Standard library only.  A summary
 table and a closing line follow; the exit status is 1 if any step failed.
 """
 
@@ -163,16 +163,19 @@ def venv_python(venv: Path) -> Path:
 
 
 def prepare_venv() -> str:
-    """Create or reuse .venv-reliability with ``-e .[test]``; return its python."""
+    """Create or reuse .venv-reliability with ``-e . --group test``; return its python."""
     python = venv_python(VENV)
     if not python.exists():
         say(f"creating {VENV.name} with {sys.executable}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     else:
         say(f"reusing {VENV.name}")
+    # --group needs pip 25.1 or later.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True, cwd=ROOT
+        [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT), "--group", "test"],
+        check=True,
+        cwd=ROOT,
     )
     return str(python)
 

@@ -8,7 +8,8 @@ Usage::
 For each of CPython 3.10, 3.11, 3.12 and 3.13 that is found (``python3.X`` on
 PATH, else ``$PYENV_ROOT/versions/3.X*`` or ``~/.pyenv/versions/3.X*``), this
 creates or reuses ``.venv-test-3.X`` in the repository root, installs
-``-e .[test]`` into it and runs ``python -m pytest PYTEST_ARGS``, then, when a
+``-e . --group test`` (the dependency groups in ``pyproject.toml``) into it
+and runs ``python -m pytest PYTEST_ARGS``, then, when a
 C compiler is found, the suite again with ``GREENPORTAL_PURE_PYTHON=1`` (the
 pure-Python twins of the C accelerator; integrations included, only the
 tests of ``tools/pgcluster.py`` left out, as they exercise no greenportal
@@ -20,7 +21,7 @@ been built.  Then, once, on the newest version found:
 
 * ``python -O -m pytest -q -k "ctask or await"`` (the ctypes code must work
   with asserts off);
-* the suite in ``.venv-notrio`` (``-e .[test-asyncio]``), where Trio is not
+* the suite in ``.venv-notrio`` (``--group test-asyncio``), where Trio is not
   installed (greenportal must work without it; the Trio tests skip; the
   kernel tests, which need no Trio, are left to the main runs);
 * the compiled layer's memory-safety slices (``scripts/reliability.py
@@ -28,9 +29,9 @@ been built.  Then, once, on the newest version found:
   see that script);
 * ``scripts/build.py``: the sdist and a manylinux wheel built and checked
   (``auditwheel repair``, ``twine check``), the wheel installed with its
-  ``test`` extra in a fresh ``.venv-wheel`` and ``WHEEL_TESTS`` run against
-  it, beside the lint steps (when a C compiler is found, on Linux);
-* in ``.venv-lint`` (``-e .[lint,docs]``): ``ruff check``, ``ruff format
+  ``test`` dependency group in a fresh ``.venv-wheel`` and ``WHEEL_TESTS``
+  run against it, beside the lint steps (when a C compiler is found, on Linux);
+* in ``.venv-lint`` (``--group lint --group docs``): ``ruff check``, ``ruff format
   --check``, ``mypy`` and, if ``docs/conf.py`` exists, a warnings-as-errors
   Sphinx build.
 
@@ -416,8 +417,9 @@ def venv_matches(venv: Path, python: Python) -> bool:
     return out.returncode == 0 and out.stdout.strip() == python.full_version
 
 
-def make_venv(name: str, python: Python, venv: Path, extras: str) -> Path | None:
-    """Create or reuse *venv* from *python* and install ``-e .[extras]``; None on failure."""
+def make_venv(name: str, python: Python, venv: Path, groups: str) -> Path | None:
+    """Create or reuse *venv* from *python*; install ``-e .`` and the dependency
+    *groups* (comma-separated) with pip's ``--group``; None on failure."""
     banner(name)
     start = time.monotonic()
     env = venv_env(None)
@@ -438,22 +440,27 @@ def make_venv(name: str, python: Python, venv: Path, extras: str) -> Path | None
                 hint = f"; on Debian/Ubuntu: apt-get install python{python.version}-venv"
             fail(f"venv creation failed ({rc}){hint}")
             return None
-        py = str(venv_python(venv))
-        execute([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], env=env, timeout=300)
     py = str(venv_python(venv))
+    # Every time, reused venvs too: --group needs pip 25.1 or later.
+    execute([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], env=env, timeout=300)
     rc = execute(
-        [py, "-m", "pip", "install", "-q", "-e", f".[{extras}]"],
+        [py, "-m", "pip", "install", "-q", "-e", ".", *group_options(groups)],
         env=venv_env(venv),
         timeout=INSTALL_TIMEOUT,
     )
     if rc != 0:
-        fail(f"pip install -e .[{extras}] failed ({rc})")
+        fail(f"pip install -e . {' '.join(group_options(groups))} failed ({rc})")
         return None
     record(Step(name, "PASS", time.monotonic() - start, f"{how} {venv.name}"))
     return venv
 
 
 # --- the check ---------------------------------------------------------------
+
+
+def group_options(groups: str) -> list[str]:
+    """``--group NAME`` for each of the comma-separated dependency groups."""
+    return [option for name in groups.split(",") for option in ("--group", name)]
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -572,7 +579,10 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
             continue
         python = found[version]
         venv = make_venv(
-            f"venv {version}: install -e .[test]", python, ROOT / f".venv-test-{version}", "test"
+            f"venv {version}: install -e . --group test",
+            python,
+            ROOT / f".venv-test-{version}",
+            "test",
         )
         if venv is None:
             skip(name, "its venv failed")
@@ -625,7 +635,7 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
 def test_built_wheel(python: Python, require: dict[str, str], *, serial: bool) -> Background | None:
     """Build the sdist and a manylinux wheel (scripts/build.py), test the wheel.
 
-    The wheel goes into a fresh ``.venv-wheel`` with its ``test`` extra, and
+    The wheel goes into a fresh ``.venv-wheel`` with the ``test`` group, and
     a slice of the suite runs against it (not against ``src/``), beside the
     lint steps.  None (the step skipped) without a C compiler or off Linux.
     """
@@ -650,7 +660,7 @@ def run_lint(args: argparse.Namespace, newest: Python) -> None:
             skip(name, "--no-lint")
         return
     venv = make_venv(
-        f"venv lint ({newest.version}): install -e .[lint,docs]",
+        f"venv lint ({newest.version}): install -e . --group lint --group docs",
         newest,
         ROOT / ".venv-lint",
         "lint,docs",
@@ -679,7 +689,7 @@ def run_without_trio(python: Python, pytest_args: list[str], *, serial: bool) ->
     """
     name = f"pytest {python.version}, no trio"
     venv = make_venv(
-        f"venv {python.version} without trio: install -e .[test-asyncio]",
+        f"venv {python.version} without trio: install -e . --group test-asyncio",
         python,
         ROOT / ".venv-notrio",
         "test-asyncio",
@@ -712,7 +722,7 @@ def run_memory_checks(python: Python, require: dict[str, str]) -> None:
             skip(name, "no C compiler: there is no compiled layer to check")
         return
     script = str(ROOT / "scripts" / "reliability.py")
-    # The sanitizer run reuses the newest test venv (it has greenportal[test]).
+    # The sanitizer run reuses the newest test venv (it has the test group).
     tested = venv_python(ROOT / f".venv-test-{python.version}")
     reuse = ["--python", str(tested)] if tested.exists() else []
     for name, flag in zip(names, ["--sanitize", "--refleak"], strict=True):

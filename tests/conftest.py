@@ -34,7 +34,7 @@ if sys.version_info >= (3, 12):
     CONFIGS[2:2] = ["asyncio-eager", "asyncio-py-eager"]
 try:
     import trio  # noqa: F401
-except ImportError:  # the asyncio-only run (scripts/test.py, extra "test-asyncio")
+except ImportError:  # the asyncio-only run (scripts/test.py, dependency group "test-asyncio")
     CONFIGS.remove("trio")
 try:
     import uvloop  # noqa: F401

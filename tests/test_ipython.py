@@ -26,10 +26,10 @@ import greenportal
 from .conftest import run_python
 
 ipykernel = pytest.importorskip(
-    "ipykernel", reason="the kernel tests need ipykernel (extra test-asyncio)"
+    "ipykernel", reason="the kernel tests need ipykernel (dependency group test-asyncio)"
 )
 jupyter_client = pytest.importorskip(
-    "jupyter_client", reason="the kernel tests need jupyter_client (extra test-asyncio)"
+    "jupyter_client", reason="the kernel tests need jupyter_client (dependency group test-asyncio)"
 )
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 
