@@ -23,6 +23,18 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def python_c(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE`` in a child interpreter, with *env* (default: ours)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_speedups_is_public_and_matches_the_implementation_in_use() -> None:
     from greenportal import _portal
 
@@ -50,17 +62,9 @@ def test_report_names_version_accelerator_python_and_libraries() -> None:
     assert "trio " in lines[4] and "anyio " in lines[4]
     assert lines[5].startswith("integrations' libraries: aiohttp ")
     # nothing of the libraries it names was imported to find their versions
-    probe = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, greenportal.__main__ as m; m.report(); "
-            "print(sorted({'uvloop', 'trio', 'fastapi', 'IPython'} & set(sys.modules)))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    probe = python_c(
+        "import sys, greenportal.__main__ as m; m.report(); "
+        "print(sorted({'uvloop', 'trio', 'fastapi', 'IPython'} & set(sys.modules)))"
     )
     assert probe.stdout.strip() == "[]", probe.stderr
 
@@ -84,14 +88,7 @@ def test_report_says_why_the_extension_did_not_import() -> None:
         "runpy.run_module('greenportal', run_name='__main__')"
     )
     env = {k: v for k, v in os.environ.items() if k != "GREENPORTAL_PURE_PYTHON"}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = python_c(code, env)
     assert out.returncode == 0, out.stderr
     line = out.stdout.splitlines()[1]
     assert line.startswith("accelerator: pure Python (the extension did not import: "), line
