@@ -126,6 +126,48 @@ def aio_backend(request: pytest.FixtureRequest) -> Backend:
     return Backend(request.param)
 
 
+# Where sync code runs, for the tests of blocking APIs: a ``place`` takes a
+# sync function and runs it inside a task with a portal, in a to_thread
+# worker (each on every configuration), or in a program with no event loop.
+Place = Callable[[Callable[[], Any]], Any]
+
+
+def _in_portal(backend: Backend, fn: Callable[[], Any]) -> Any:
+    import greenportal
+
+    async def main() -> Any:
+        return await greenportal.with_portal_run_sync(fn)
+
+    return backend.run(main)
+
+
+def _in_thread(backend: Backend, fn: Callable[[], Any]) -> Any:
+    import greenportal
+
+    async def main() -> Any:
+        return await greenportal.to_thread(fn)
+
+    return backend.run(main)
+
+
+def _no_loop(backend: Backend, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+PLACES = [
+    *[(config, "portal") for config in CONFIGS],
+    *[(config, "thread") for config in CONFIGS],
+    ("asyncio-c", "no-loop"),  # no event loop: nothing backend-specific
+]
+
+
+@pytest.fixture(params=PLACES, ids=["-".join(p) for p in PLACES])
+def place(request: pytest.FixtureRequest) -> Place:
+    config, where = request.param
+    runner = {"portal": _in_portal, "thread": _in_thread, "no-loop": _no_loop}[where]
+    return lambda fn: runner(Backend(config), fn)
+
+
 def run_python(
     *args: str, timeout: float = 60, cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:

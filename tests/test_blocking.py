@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
 
 import greenportal
-from greenportal import blocking, to_thread, with_portal_run_sync
+from greenportal import blocking, with_portal_run_sync
 
-from .conftest import CONFIGS, Backend
+from .conftest import Place
 
 
 class Boom(Exception):
@@ -136,47 +136,14 @@ class Countdown:
 BlockingCountdown = blocking(Countdown)
 
 
-# Where sync code runs: each place takes the sync function to run there.
-def _in_portal(backend: Any, fn: Callable[[], Any]) -> Any:
-    async def main() -> Any:
-        return await with_portal_run_sync(fn)
-
-    return backend.run(main)
-
-
-def _in_thread(backend: Any, fn: Callable[[], Any]) -> Any:
-    async def main() -> Any:
-        return await to_thread(fn)
-
-    return backend.run(main)
-
-
-def _no_loop(backend: Any, fn: Callable[[], Any]) -> Any:
-    return fn()
-
-
-PLACES = [
-    *[(config, "portal") for config in CONFIGS],
-    *[(config, "thread") for config in CONFIGS],
-    ("asyncio-c", "no-loop"),  # no event loop: nothing backend-specific
-]
-
-
-@pytest.fixture(params=PLACES, ids=["-".join(p) for p in PLACES])
-def place(request: pytest.FixtureRequest) -> Callable[[Callable[[], Any]], Any]:
-    config, where = request.param
-    runner = {"portal": _in_portal, "thread": _in_thread, "no-loop": _no_loop}[where]
-    return lambda fn: runner(Backend(config), fn)
-
-
-def test_function(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_function(place: Place) -> None:
     def layer() -> Any:
         return add(1), add(2, b=5), add(b=0, a=3)
 
     assert place(layer) == (2, 7, 3)
 
 
-def test_function_exception(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_function_exception(place: Place) -> None:
     err = Boom("x")
 
     def layer() -> None:
@@ -196,7 +163,7 @@ def test_function_keeps_original_and_metadata() -> None:
     assert blocking(add) is add  # wrapping twice changes nothing
 
 
-def test_generator(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_generator(place: Place) -> None:
     def layer() -> Any:
         closed.clear()
         full = list(counter(3))
@@ -211,7 +178,7 @@ def test_generator(place: Callable[[Callable[[], Any]], Any]) -> None:
     assert closed_now == ["counter(3)", "counter(10)"]
 
 
-def test_generator_break_closes_async_generator(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_generator_break_closes_async_generator(place: Place) -> None:
     def layer() -> list[str]:
         closed.clear()
         gen = counter(100)
@@ -224,7 +191,7 @@ def test_generator_break_closes_async_generator(place: Callable[[Callable[[], An
     assert place(layer) == ["counter(100)"]
 
 
-def test_generator_throw_unhandled_propagates(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_generator_throw_unhandled_propagates(place: Place) -> None:
     def layer() -> None:
         gen = counter(5)
         next(gen)
@@ -242,7 +209,7 @@ def test_generator_function_metadata() -> None:
     assert inspect.isgenerator(counter(1))
 
 
-def test_class(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_class(place: Place) -> None:
     def layer() -> Any:
         store = Store("s")
         store.put("a", 1)
@@ -269,7 +236,7 @@ def test_class(place: Callable[[Callable[[], Any]], Any]) -> None:
     ]
 
 
-def test_class_context_manager(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_class_context_manager(place: Place) -> None:
     def layer() -> Any:
         store = Store("c")
         with store as entered:
@@ -284,7 +251,7 @@ def test_class_context_manager(place: Callable[[Callable[[], Any]], Any]) -> Non
     assert place(layer) == ["enter", "exit None", "enter", "exit KeyError", "enter", "exit Boom"]
 
 
-def test_class_async_iterator(place: Callable[[Callable[[], Any]], Any]) -> None:
+def test_class_async_iterator(place: Place) -> None:
     def layer() -> list[int]:
         return list(BlockingCountdown(3))
 
@@ -391,10 +358,5 @@ def test_bad_input() -> None:
         blocking(plain)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="got 'int'"):
         blocking(3)  # type: ignore[call-overload]
-
-    class Nothing:
-        def method(self) -> None:
-            pass
-
-    with pytest.raises(TypeError, match="nothing async"):
-        blocking(Nothing)
+    with pytest.raises(TypeError, match=r"needs a greenportal\.Runner"):
+        blocking(add.aio, runner="default")  # type: ignore[call-overload]

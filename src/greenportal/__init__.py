@@ -8,7 +8,8 @@ everyone else.  The public API is a drop-in for greenback's:
 Module map (imports go one way, down this list; ``docs/principle.rst``):
 
 * ``__init__``: this re-export, nothing else;
-* ``_api``, ``_tree``, ``_adapters``, ``_blocking``, ``_threads``,
+* ``_api``, ``_tree``, ``_adapters``, ``_blocking``, ``_classes``, ``_futures``,
+  ``_threads``,
   ``_runner``, ``_bridges``, ``_dispatch``, ``_guards``: the public functions
   (and ``_guards``' check for async callables), none of which knows an event
   loop library;
@@ -45,10 +46,11 @@ from ._backends._trio import AutoPortalInstrument as AutoPortalInstrument
 from ._blocking import BlockingFunction as BlockingFunction
 from ._blocking import BlockingGeneratorFunction as BlockingGeneratorFunction
 from ._blocking import BlockingObject as BlockingObject
-from ._blocking import blocking as blocking
+from ._classes import blocking as blocking
 from ._dispatch import await_slow as _await_slow  # noqa: F401  (registers the slow path)
 from ._extension import load_ipython_extension as load_ipython_extension
 from ._extension import unload_ipython_extension as unload_ipython_extension
+from ._futures import BlockingFuture as BlockingFuture
 from ._runner import Runner as Runner
 from ._runner import RunnerClosedError as RunnerClosedError
 from ._runner import SyncContext as SyncContext
@@ -84,6 +86,7 @@ __all__ = [
     # one implementation, two APIs
     "blocking",
     "BlockingFunction",
+    "BlockingFuture",
     "BlockingGeneratorFunction",
     "BlockingObject",
     # threads and sync programs

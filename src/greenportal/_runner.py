@@ -60,7 +60,9 @@ so the child starts a fresh loop of the same kind on it).
 Only the main thread receives ``SIGINT``, and CPython interrupts a blocked
 ``Lock.acquire`` to raise ``KeyboardInterrupt`` there.  The Runner then
 cancels the work on the loop, waits for it to finish unwinding (a second
-Ctrl-C stops waiting), and re-raises ``KeyboardInterrupt``.
+Ctrl-C stops waiting), and re-raises ``KeyboardInterrupt``.  Any other
+exception that a signal handler raises in the waiting thread (a ``SystemExit``
+from a SIGTERM handler, say) is treated the same way.
 
 Known gaps: Trio runners need Trio installed; a Runner's loop thread cannot
 call its own ``run()`` (it raises rather than deadlock).
@@ -393,21 +395,23 @@ class Runner:
 
         ``job.done`` is a flag: once released it stays released.  Any other
         *lock* is a hand-over: the caller keeps it acquired.  On Ctrl-C the
-        job is cancelled, its end awaited, and ``KeyboardInterrupt`` raised.
+        job is cancelled, its end awaited, and ``KeyboardInterrupt`` raised;
+        likewise for any exception a signal handler raises while we wait.
         """
         done = lock is None
         lock = job.done if lock is None else lock
         try:
             lock.acquire()
-        except KeyboardInterrupt:
+        except BaseException:
+            # Ctrl-C, or whatever else a signal handler raised here.
             impl = self._impl
             if impl is not None:
                 impl.cancel(job)
                 try:
                     job.done.acquire()
                     job.done.release()
-                except KeyboardInterrupt:
-                    pass  # a second Ctrl-C: stop waiting for the work to unwind
+                except BaseException:
+                    pass  # a second signal: stop waiting for the work to unwind
             raise
         if done:
             lock.release()
@@ -494,6 +498,16 @@ def set_default_runner(runner: Runner | None) -> Runner | None:
             )
         previous, _chosen = _chosen, runner
     return previous
+
+
+def runner_of_this_thread() -> Runner | None:
+    """The Runner whose loop runs on the calling thread, if one does."""
+    ident = threading.get_ident()
+    for runner in list(_runners):
+        impl = runner._impl
+        if impl is not None and impl.thread_id == ident:
+            return runner
+    return None
 
 
 def loop_threads() -> set[int]:

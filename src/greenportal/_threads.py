@@ -86,6 +86,27 @@ def await_without_portal(aw: Awaitable[T]) -> T:
     return result
 
 
+def home_runner() -> _runner.Runner | None:
+    """The Runner whose loop ``await_`` in this thread would use, if it is a Runner's.
+
+    The same rows as :func:`await_without_portal`: a task on a Runner's loop
+    thread gives that Runner; a worker or executor thread of a loop, or a
+    thread running a loop of its own, gives None (their awaits go to that
+    loop); any other thread gives the default Runner.  ``blocking()`` pins an
+    object made here to the Runner returned (see ``_blocking``).
+    """
+    if _backends.current_backend() is not None or _backends.running_loop_name() is not None:
+        return _runner.runner_of_this_thread()
+    if _backends.thread_route() is not None:
+        return None
+    try:
+        if _backends.executor_route(_runner.loop_threads) is not None:
+            return None
+    except RuntimeError:
+        return None  # an executor thread whose loop cannot be told: not ours either
+    return _runner.default_runner()
+
+
 def _check_future_loop(aw: object, runner: _runner.Runner, where: str) -> None:
     if getattr(aw, "get_loop", None) is None:
         return

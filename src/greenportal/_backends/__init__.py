@@ -31,9 +31,10 @@ sniffio); ``_asyncio`` itself is imported only once asyncio is.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from .. import _await
@@ -118,6 +119,17 @@ class Backend(Protocol):
 
     def new_event(self) -> LoopEvent:
         """A cross-thread event on the current loop."""
+        ...
+
+    def spawn_future(
+        self, coro: Coroutine[Any, Any, Any], future: concurrent.futures.Future[Any]
+    ) -> None:
+        """Run *coro* in a new task on the current loop; its outcome goes to *future*.
+
+        The task is detached: it outlives the caller.  Cancelling *future*,
+        from any thread, cancels the task; if the task is cancelled (the loop
+        shutting down, say), so is *future*.
+        """
         ...
 
     async def to_thread(self, fn: Callable[[], T], spawn: Spawn) -> T:

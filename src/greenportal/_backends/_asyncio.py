@@ -55,13 +55,14 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.tasks
+import concurrent.futures
 import contextlib
 import contextvars
 import sys
 import threading
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from typing import Any, TypeVar
 
 from .. import _await
@@ -74,12 +75,16 @@ from ._common import (
     cancel_job,
     fail_closed,
     raised_in,
+    settle,
     worker,
     wrong_library_error,
 )
 
 # Eager task factories exist from 3.12 on (see _eager).
 _EAGER: bool = sys.version_info >= (3, 12)
+
+# Tasks started by spawn_future, until they are done (see there).
+_detached: set[asyncio.Task[Any]] = set()
 
 T = TypeVar("T")
 
@@ -157,6 +162,31 @@ class AsyncioBackend:
 
     def new_event(self) -> Event:
         return Event(asyncio.get_running_loop())
+
+    def spawn_future(
+        self, coro: Coroutine[Any, Any, Any], future: concurrent.futures.Future[Any]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(coro)
+        # The loop holds its tasks weakly: keep this one until it is done.
+        _detached.add(task)
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            _detached.discard(task)
+            if task.cancelled():
+                future.cancel()
+            else:
+                error = task.exception()
+                settle(future, None if error is not None else task.result(), error)
+                del error
+
+        def cancelled(future: concurrent.futures.Future[Any]) -> None:
+            if future.cancelled() and not task.done():
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(task.cancel)
+
+        task.add_done_callback(finished)
+        future.add_done_callback(cancelled)
 
     async def to_thread(self, fn: Callable[[], T], spawn: Spawn) -> T:
         host = Host(asyncio.get_running_loop())

@@ -212,3 +212,16 @@ Spawn = Callable[[Callable[[], Callable[[], None]]], None]
 """How a backend starts a job in a worker thread (``_threads``' thread cache).
 
 The job returns the callable that announces its end; see ``_threads``."""
+
+
+def settle(future: concurrent.futures.Future[Any], value: Any = None, error: Any = None) -> None:
+    """Store an outcome in *future*, unless it was cancelled (from any thread) first."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled from another thread in between: the outcome is dropped

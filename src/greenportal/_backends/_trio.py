@@ -25,11 +25,12 @@ affected.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _portal
@@ -42,6 +43,7 @@ from ._common import (
     fail_closed,
     install_portal,
     raised_in,
+    settle,
     wrong_library_error,
 )
 
@@ -121,6 +123,37 @@ class TrioBackend:
 
     def new_event(self) -> Event:
         return Event(self._trio, self._lowlevel.current_trio_token())
+
+    def spawn_future(
+        self, coro: Coroutine[Any, Any, Any], future: concurrent.futures.Future[Any]
+    ) -> None:
+        trio = self._trio
+        token = self._lowlevel.current_trio_token()
+        scope = trio.CancelScope()
+
+        # A system task: it outlives the caller's nursery, as the future
+        # asks.  Its exceptions must not escape (they would end the run).
+        async def run() -> None:
+            try:
+                with scope:
+                    settle(future, await coro)
+            except trio.Cancelled:
+                future.cancel()  # the run is ending
+                raise
+            except BaseException as error:
+                settle(future, error=error)
+                del error
+                return
+            if scope.cancelled_caught:
+                future.cancel()  # our scope was cancelled: the future was
+
+        def cancelled(future: concurrent.futures.Future[Any]) -> None:
+            if future.cancelled():
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(scope.cancel)
+
+        self._lowlevel.spawn_system_task(run, context=contextvars.copy_context())
+        future.add_done_callback(cancelled)
 
     async def to_thread(self, fn: Callable[[], T], spawn: Spawn) -> T:
         # Trio's own worker threads give trio.from_thread.run (and so await_)
