@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,20 @@ def check_blocking() -> None:
     assert_type(client.aio, Client)
     with client as entered:
         _ = entered
+
+    assert_type(sync_fetch.submit(1), greenportal.BlockingFuture[str])
+    assert_type(sync_fetch.submit(1).result(), str)
+    sync_fetch.submit("1")  # type: ignore[arg-type]
+    pinned = greenportal.blocking(fetch, runner=greenportal.default_runner())
+    assert_type(pinned(1), str)
+    decorate = greenportal.blocking(runner=greenportal.default_runner())
+    assert_type(decorate(fetch)(1), str)
+
+
+def check_async_context(cm: contextlib.AbstractAsyncContextManager[int]) -> None:
+    # The type parameter binds: no annotation needed on the target.
+    with greenportal.async_context(cm) as value:
+        assert_type(value, int)
 
 
 def check_runner_and_threads(runner: greenportal.Runner) -> None:

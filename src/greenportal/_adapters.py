@@ -9,6 +9,7 @@ Python.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import (
@@ -100,7 +101,7 @@ class async_context(Generic[T]):
 
     __slots__ = ("_aexit", "_cm")
 
-    def __init__(self, cm: Any) -> None:
+    def __init__(self, cm: contextlib.AbstractAsyncContextManager[T]) -> None:
         self._cm = cm
         self._aexit: Callable[..., Awaitable[bool | None]] | None = None
 

@@ -141,8 +141,11 @@ def submit(runner: Runner | None, work: Coroutine[Any, Any, T]) -> BlockingFutur
     """
     future: BlockingFuture[T] = BlockingFuture()
     try:
+        backend = _backends.current_backend()
         if runner is not None and not runner.in_loop_thread():
             _chain(runner.submit(work), future)
+        elif backend is not None:
+            backend.spawn_future(work, future)  # a task runs here: start one beside it
         else:
             # One await_ to start a task on the loop that await_ reaches.
             await_(_spawn(work, future))
