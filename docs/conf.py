@@ -92,6 +92,7 @@ if not intersphinx_mapping:
         ("py:class", "asyncio.AbstractEventLoop"),
         ("py:class", "asyncio.Task"),
         ("py:class", "concurrent.futures.Future"),
+        ("py:class", "contextlib.AbstractAsyncContextManager"),
         ("py:exc", "asyncio.CancelledError"),
         ("py:class", "collections.abc.Coroutine"),
         ("py:mod", "contextvars"),

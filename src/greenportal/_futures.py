@@ -93,10 +93,17 @@ class BlockingFuture(concurrent.futures.Future[T]):
     """
 
     def result(self, timeout: float | None = None) -> T:
+        """The call's result, waiting up to *timeout* seconds (None: no limit).
+
+        Raises what the call raised; ``concurrent.futures.CancelledError`` if
+        the future was cancelled, ``concurrent.futures.TimeoutError`` if the
+        time ran out; in a task without a portal, ``RuntimeError``.
+        """
         self._wait_in_task(timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the call raised (None if none), waiting as :meth:`result` does."""
         self._wait_in_task(timeout)
         return super().exception(timeout)
 
