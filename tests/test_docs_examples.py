@@ -86,7 +86,7 @@ PENDING = {
     ),
 }
 
-_DIRECTIVE = re.compile(r"^(?P<indent> *)\.\. code-block:: python\s*$")
+_CODE_BLOCK = re.compile(r"^(?P<indent> *)\.\. code-block:: *(?P<language>\S*)\s*$")
 _MARKER = re.compile(
     r"^(?P<indent> *)\.\. example: (?P<kind>run|skip) (?P<id>[a-z0-9][a-z0-9-]*)\s*$"
 )
@@ -120,7 +120,10 @@ def _indent(line: str) -> int:
 def _blocks_of(path: Path) -> Iterator[Block]:
     lines = path.read_text(encoding="utf-8").splitlines()
     section = ""
+    skip_to = 0  # past the body of the last code block
     for i, line in enumerate(lines):
+        if i < skip_to:
+            continue  # inside a code block (of rst, say, that shows a python one)
         if (
             i + 1 < len(lines)
             and line.strip()
@@ -129,7 +132,7 @@ def _blocks_of(path: Path) -> Iterator[Block]:
             and len(lines[i + 1].strip()) >= len(line.strip())
         ):
             section = line.strip()
-        match = _DIRECTIVE.match(line)
+        match = _CODE_BLOCK.match(line)
         if match is None:
             continue
         indent = len(match["indent"])
@@ -139,6 +142,9 @@ def _blocks_of(path: Path) -> Iterator[Block]:
         end = body_start
         while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > indent):
             end += 1
+        skip_to = end
+        if match["language"] != "python":
+            continue
         code = textwrap.dedent("\n".join(lines[body_start:end])).strip("\n") + "\n"
         previous = i - 1
         while previous >= 0 and not lines[previous].strip():
