@@ -83,6 +83,9 @@ nitpick_ignore = [
     ("py:class", "F"),
     # Runner.__exit__'s annotation, written bare (from types import TracebackType).
     ("py:class", "TracebackType"),
+    # fastapi.PortalRoute.get_route_handler's: Starlette's Request and Response.
+    ("py:class", "Request"),
+    ("py:class", "Response"),
 ]
 if not intersphinx_mapping:
     # Targets in the Python, Trio and greenlet docs, which only their

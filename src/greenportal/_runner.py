@@ -148,6 +148,11 @@ class Runner:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has begun: true while it shuts down and after.
+
+        New calls on a closed runner raise :exc:`RunnerClosedError`.  After
+        ``fork()`` the child's copy is open again (a fresh loop on next use).
+        """
         return self._state in ("closing", "closed")
 
     @property

@@ -260,6 +260,12 @@ class ThreadLimiter:
 
     @property
     def total(self) -> int:
+        """The limit, an int of at least 1.
+
+        It may be changed at any time.  Raising it lets waiting calls start at
+        once; lowering it makes new calls wait until enough of the threads
+        running have finished.
+        """
         return self._total
 
     @total.setter

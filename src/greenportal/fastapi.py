@@ -207,6 +207,13 @@ class PortalRoute(APIRoute):
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's hook for the request handler: ``APIRoute``'s, run in a portal.
+
+        The handler that ``APIRoute`` builds, wrapped so that while it runs,
+        FastAPI's threaded calls for this request (its ``def`` endpoint and
+        dependencies) run in one portal, made before the first of them.  A
+        subclass that overrides this too should call it through ``super()``.
+        """
         handler = super().get_route_handler()
         # One portal per request, made before any sync call, rather than one
         # per call: each of those would cost a greenlet.  A route with nothing

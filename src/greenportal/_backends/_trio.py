@@ -210,13 +210,13 @@ class AutoPortalInstrument(_Instrument):
     def __init__(self) -> None:
         # {task: number of child nurseries it had when its scope began};
         # children spawned into nurseries at or past that index get portals.
-        self.tasks: dict[Any, int] = {}
+        self._tasks: dict[Any, int] = {}
         # How many scopes (or the trio.run() that was given us) use us.
-        self.refs = 0
+        self._refs = 0
 
     def before_run(self) -> None:
         """Trio's hook, called only when the instrument was passed to ``trio.run()``."""
-        self.refs = 1
+        self._refs = 1
         _instrument_var().set(self)
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
@@ -226,19 +226,19 @@ class AutoPortalInstrument(_Instrument):
             self._adopt(task)
             return
         parent = nursery.parent_task
-        depth = self.tasks.get(parent)
+        depth = self._tasks.get(parent)
         if depth is not None and parent.child_nurseries.index(nursery) >= depth:
             self._adopt(task)
 
     def task_exited(self, task: trio.lowlevel.Task) -> None:
         """Trio's hook: forget *task*."""
-        self.tasks.pop(task, None)
+        self._tasks.pop(task, None)
 
     def _adopt(self, task: trio.lowlevel.Task) -> None:
         coro: object = task.coro
         if not isinstance(coro, Portal):
             install_portal(backend(), task)
-        self.tasks[task] = 0
+        self._tasks[task] = 0
 
 
 _trio_runvar: Any = None
@@ -264,17 +264,17 @@ def _children_scope() -> Iterator[None]:
         instrument = AutoPortalInstrument()
         trio.lowlevel.add_instrument(instrument)
         var.set(instrument)
-    elif task in instrument.tasks:
+    elif task in instrument._tasks:
         yield  # an enclosing scope of this task already covers us
         return
-    instrument.tasks[task] = len(task.child_nurseries)
-    instrument.refs += 1
+    instrument._tasks[task] = len(task.child_nurseries)
+    instrument._refs += 1
     try:
         yield
     finally:
-        instrument.tasks.pop(task, None)
-        instrument.refs -= 1
-        if instrument.refs == 0:
+        instrument._tasks.pop(task, None)
+        instrument._refs -= 1
+        if instrument._refs == 0:
             var.set(None)
             trio.lowlevel.remove_instrument(instrument)
 
