@@ -59,6 +59,7 @@ PUBLIC_MODULES = [
     "greenportal.ipython",
     "greenportal.pytest_plugin",
     "greenportal.nest_asyncio",
+    "greenportal.stubgen",
 ]
 REFERENCE_PAGES = ["reference.rst", "integrations.rst", "notebooks.rst", "nest_asyncio.rst"]
 

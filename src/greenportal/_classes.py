@@ -75,6 +75,9 @@ _runner_bound: weakref.WeakKeyDictionary[Runner, dict[type, type[Any]]] = (
 )
 
 
+_METADATA = frozenset({"__name__", "__qualname__", "__module__", "__annotations__"})
+
+
 class _BoundMethod:
     """A blocking method bound to a wrapper; ``.aio`` is the bound async method."""
 
@@ -112,7 +115,10 @@ class _BoundMethod:
         return _submit(instance._aio_runner, self._fn(instance._aio_object, *args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._fn, name)
+        # The async function's names, not its code: to inspect, this is sync.
+        if name in _METADATA:
+            return getattr(self._fn, name)
+        raise AttributeError(name)
 
     def __repr__(self) -> str:
         return f"<blocking method {self._fn.__qualname__} of {self.__self__!r}>"
