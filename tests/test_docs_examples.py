@@ -12,7 +12,8 @@ whether it runs::
   temporary directory and runs it there in a child interpreter (this one,
   ``sys.executable``, with ``-W error``); it fails if the program exits
   non-zero, writes anything to stderr (a traceback in a thread, an
-  "exception ignored" message) or does not finish within ``TIMEOUT``.
+  "exception ignored" message), does not finish within ``TIMEOUT``, or
+  leaves out a line that ``MUST_PRINT`` holds for it.
 * ``skip``: a fragment, deliberately partial or needing something the test
   does not have (a database, a server, a notebook kernel, an application's
   own modules).  Each is listed in ``SKIPPED`` below with the reason, and
@@ -79,6 +80,27 @@ SKIPPED = {
     "tutorial-setup": "fragment of examples/app (tests/test_demo_app.py runs the app)",
     "threads-blocking-submit": "fragment: client and urls stand for the program's",
 }
+
+# Lines that some run blocks must print, as the docs say they do (most
+# examples print what their comments say, but this test checks only these:
+# the output of the rest depends on timing or on object addresses).
+MUST_PRINT = {
+    "where-five-places": [
+        "portal:           MainThread",
+        "no event loop:    greenportal-default-runner",
+    ],
+    "where-ctrl-c": ["work: cleaned up", "KeyboardInterrupt, after the cleanup"],
+    "quickstart-trio": ["[ Hello, Ada! ]", "timed out: True"],
+    "quickstart-adapters": ["dark", "1.08 1.08 fetched 1 time(s)", "['lang=en', 'theme=dark']"],
+}
+
+# Run a block as the script __main__, with Python's own Ctrl-C handler: a
+# child inherits an ignored SIGINT (a background job's), and the Ctrl-C
+# example would then sleep its 10 s out instead of being interrupted.
+_BOOTSTRAP = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_path(sys.argv[1], run_name='__main__')"
+)
 
 # Sections being rewritten, whose blocks carry no marker yet: (file, heading): why.
 PENDING: dict[tuple[str, str], str] = {}
@@ -224,7 +246,7 @@ def _run(block: Block, directory: Path) -> subprocess.CompletedProcess[str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     flags = ["-O"] * sys.flags.optimize
     return subprocess.run(
-        [sys.executable, *flags, "-W", "error", str(script)],
+        [sys.executable, *flags, "-W", "error", "-c", _BOOTSTRAP, str(script)],
         cwd=directory,
         env=env,
         capture_output=True,
@@ -277,3 +299,10 @@ def test_example(
     report += f"--- stderr\n{result.stderr}"
     assert result.returncode == 0, report
     assert result.stderr == "", report
+    printed = result.stdout.splitlines()
+    missing = [line for line in MUST_PRINT.get(name, []) if line not in printed]
+    assert not missing, f"{report}--- lines the docs promise and it did not print\n{missing}"
+
+
+def test_must_print_names_run_blocks() -> None:
+    assert set(MUST_PRINT) <= {b.id for b in BLOCKS if b.kind == "run"}
