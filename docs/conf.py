@@ -83,6 +83,8 @@ nitpick_ignore = [
     ("py:class", "F"),
     # Runner.__exit__'s annotation, written bare (from types import TracebackType).
     ("py:class", "TracebackType"),
+    # stubgen's signatures, written bare (from pathlib import Path).
+    ("py:class", "Path"),
     # fastapi.PortalRoute.get_route_handler's: Starlette's Request and Response.
     ("py:class", "Request"),
     ("py:class", "Response"),
@@ -96,6 +98,7 @@ if not intersphinx_mapping:
         ("py:class", "asyncio.Task"),
         ("py:class", "concurrent.futures.Future"),
         ("py:class", "contextlib.AbstractAsyncContextManager"),
+        ("py:class", "types.ModuleType"),
         ("py:exc", "asyncio.CancelledError"),
         ("py:class", "collections.abc.Coroutine"),
         ("py:mod", "contextvars"),
