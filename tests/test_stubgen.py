@@ -256,6 +256,24 @@ def test_wrapped_classes_translate_in_arguments_at_the_top_level_only(
     assert "    def __call__(self, other: Thing | None, more: list[AsyncThing]) -> None" in stub
 
 
+def test_a_class_decorated_with_blocking_gets_its_blocking_signatures(
+    on_path: pathlib.Path,
+) -> None:
+    # mypy ignores what a class decorator returns; the stub is what fixes that.
+    write_module(on_path, "stubgen_decorated", """
+        import greenportal
+
+        @greenportal.blocking
+        class Counter:
+            async def add(self, n: int) -> int:
+                return n
+    """)  # fmt: skip
+    stub = stubgen.generate("stubgen_decorated")
+    assert "class Counter(" in stub
+    assert "    def __call__(self, n: int) -> int: ..." in stub
+    assert "    async def aio(self, n: int) -> int: ..." in stub
+
+
 def test_wrappers_of_other_modules_are_imported(on_path: pathlib.Path) -> None:
     write_module(on_path, "stubgen_other", """
         import greenportal
