@@ -2,7 +2,9 @@
 
 Standard library only (``benchmarks/run.py`` prints the report itself).
 Input: one result per loop from ``bench_portal.measure`` and the memory
-measurements from ``bench_memory`` by loop, column and task count.
+measurements from ``bench_memory`` by loop, column and task count; for
+:func:`sqlalchemy_lines`, the result of ``bench_sqlalchemy.measure`` (issue
+16's rows and targets, whose ratios are medians of same-round ratios).
 
 Cells are medians over rounds with half the interquartile range after
 ``±``.  On an overhead row (``+``) every round's native baseline is
@@ -517,4 +519,122 @@ def report_lines(results: list[dict[str, Any]], memory: Memory) -> list[str]:
     for loop, found in all_targets:
         lines.append(f"  -- {loop}")
         lines.extend(target.line() for target in found)
+    return lines
+
+
+# -- SQLAlchemy's asyncio ORM from sync code (bench_sqlalchemy.py, issue 16) ----------
+
+SQLA_TARGET = 1.05
+SQLA_KINDS = (("query", "query"), ("lazy", "lazy load"))
+SQLA_ROWS = (
+    ("run_sync", "SQLAlchemy: await session.run_sync(fn)"),
+    ("portal", "greenportal: with_portal_run_sync(fn) [a]"),
+    ("await_", "greenportal: await_(...) in a portal [b]"),
+    ("native", "native: await session.execute(...) [c]"),
+)
+SQLA_LABEL_WIDTH = 44
+SQLA_CELL_WIDTH = 16
+SQLA_RATIO_WIDTH = 13
+SQLA_NOTES = """\
+[a] the same sync fn as run_sync's, with session.sync_session, from sync code in a portal.
+[b] query: await_(session.execute(stmt)); lazy load: await_(parent.awaitable_attrs.children).
+[c] the same awaitables as [b] awaited in the task (each one greenlet_spawn of SQLAlchemy's).
+    One sample: a batch of n statements through one call of the bridge (run_sync,
+    with_portal_run_sync) or n awaits; the lazy loads expire parent.children first (untimed)."""
+
+
+def _spread(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / 2
+
+
+def same_round_ratios(ours: list[float] | None, base: list[float] | None) -> list[float] | None:
+    """Round by round ``ours / base``: the rounds of one run are paired by index."""
+    if not ours or not base or len(ours) != len(base):
+        return None
+    return [a / b for a, b in zip(ours, base, strict=True) if b > 0] or None
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _sqla_cells(by_variant: dict[str, list[float]], variant: str) -> tuple[str, str]:
+    """The time cell and the ÷run_sync cell of one variant in one column."""
+    values = by_variant.get(variant)
+    if not values:
+        return "-", "-"
+    cell = _format_time(_median(values), _spread(values), False)
+    if variant == "run_sync":
+        return cell, "1.00"
+    ratios = same_round_ratios(values, by_variant.get("run_sync"))
+    return cell, "-" if not ratios else f"{_median(ratios):.2f} ±{_spread(ratios):.2f}"
+
+
+def sqlalchemy_lines(result: dict[str, Any]) -> list[str]:
+    """The section of bench_sqlalchemy.py's result, then its targets."""
+    machine = result["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    lines = [
+        "",
+        f"=== SQLAlchemy's asyncio ORM from sync code (issue 16): {result['loop']}; "
+        f"CPython {machine['python']}, greenlet {machine['greenlet']}, {machine['cpus']} CPUs; "
+        f"{versions}",
+        f"    µs per SQL statement, median ±IQR/2 of {result['rounds']} rounds; n = {result['n']} "
+        f"statements per sample, {result['children']} rows each",
+        "    ÷run_sync: median ±IQR/2 of the same-round ratios to the run_sync row of its column",
+    ]
+    found: list[Target] = []
+    for db, why in result["skipped"].items():
+        lines.append(f"    {db}: skipped. {why}")
+    for measured in result["databases"].values():
+        title = measured["title"]
+        counts = set(measured["statements"].values()) | set(measured["statements_after"].values())
+        checked = (
+            f"{counts.pop()} statements per batch in every variant (counted before and after)"
+            if len(counts) == 1
+            else f"statements per batch differ: {measured['statements']}"
+        )
+        lines.append("")
+        lines.append(f"-- {title}: {checked}")
+        for key, why in measured["failed"].items():
+            lines.append(f"   {key} failed, shown as '-': {why}")
+        head = f"{'per SQL statement, µs':<{SQLA_LABEL_WIDTH}}"
+        for _, label in SQLA_KINDS:
+            head += f"{label:>{SQLA_CELL_WIDTH}}{'÷run_sync':>{SQLA_RATIO_WIDTH}}"
+        lines.extend([head, "-" * len(head)])
+        samples: dict[str, dict[str, list[float]]] = measured["samples"]
+        for variant, label in SQLA_ROWS:
+            line = f"{label:<{SQLA_LABEL_WIDTH}}"
+            for kind, _ in SQLA_KINDS:
+                cell, ratio = _sqla_cells(samples.get(kind, {}), variant)
+                line += f"{cell:>{SQLA_CELL_WIDTH}}{ratio:>{SQLA_RATIO_WIDTH}}"
+            lines.append(line)
+        short = title.split(" (")[0]
+        for kind, what in (("query", "sync_session query"), ("lazy", "lazy load")):
+            ours = samples.get(kind, {}).get("portal")
+            base = samples.get(kind, {}).get("run_sync")
+            ratios = same_round_ratios(ours, base)
+            detail = "-"
+            if ratios and ours and base:
+                detail = f"±{_spread(ratios):.2f}; {_us(_median(ours))} vs {_us(_median(base))}"
+            found.append(
+                Target(
+                    f"{short}: {what} in a portal / run_sync (<= {SQLA_TARGET:g})",
+                    _median(ratios) if ratios else None,
+                    SQLA_TARGET,
+                    detail,
+                )
+            )
+    lines.append(SQLA_NOTES)
+    for db in result["skipped"]:
+        found.append(Target(f"{db}: skipped (see above)", None, SQLA_TARGET))
+    lines.append("")
+    lines.append(
+        f"=== TARGETS (issue 16): in a portal / AsyncSession.run_sync, same fn and session, "
+        f"{result['loop']}"
+    )
+    lines.extend(target.line() for target in found)
     return lines

@@ -22,6 +22,14 @@ Then, for each loop:
    ``Runner.run`` and ``await_`` from worker threads against the
    thread-runner pattern, synchronicity, anyio and asgiref.
 
+Once, on asyncio (when asyncio is among the loops), right after the
+timings and before the memory cells, ``bench_sqlalchemy.py`` measures
+SQLAlchemy's asyncio ORM from sync code in a portal against
+``AsyncSession.run_sync`` (issue 16): a query and a lazy load, on SQLite in
+memory and on PostgreSQL in a throwaway cluster (skipped, saying what to
+install, without the server binaries).  Its rows and targets close the
+report.
+
 The report goes to standard output, progress to standard error.  Nothing
 here is a test: every number is reported, none fails the run.
 ``--python PATH`` skips the virtualenv and uses an interpreter that already
@@ -130,6 +138,32 @@ def run_timings(python: str, loop: str, args: argparse.Namespace) -> dict[str, A
         return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
+def run_sqlalchemy(python: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """bench_sqlalchemy.py on asyncio, both databases; None if it failed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sqlalchemy.json"
+        cmd = [
+            python,
+            str(HERE / "bench_sqlalchemy.py"),
+            "--loop",
+            "asyncio",
+            "--db",
+            "both",
+            "--rounds",
+            str(args.sqlalchemy_rounds),
+            "--n",
+            str(args.sqlalchemy_n),
+            "--json",
+            str(out),
+        ]
+        say("SQLAlchemy ORM from sync code on asyncio")
+        rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+        if rc != 0 or not out.exists():
+            say(f"SQLAlchemy: the benchmark failed (exit code {rc}); its rows are left out")
+            return None
+        return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
 def run_memory(python: str, jobs: list[tuple[str, str, int]]) -> report.Memory:
     """One fresh process per (loop, column, tasks); two at a time."""
     memory: report.Memory = {}
@@ -185,6 +219,11 @@ def main() -> int:
         type=int,
         help="rounds of the thread round-trip section (default 7; quick 3; 0 skips)",
     )
+    parser.add_argument(
+        "--sqlalchemy-rounds",
+        type=int,
+        help="rounds of the SQLAlchemy ORM section, asyncio only (default 21; quick 5; 0 skips)",
+    )
     parser.add_argument("--python", help="use this interpreter as it is, no virtualenv")
     parser.add_argument("--json-out", metavar="PATH", help="also save the raw results here")
     args = parser.parse_args()
@@ -198,6 +237,9 @@ def main() -> int:
     if args.thread_rounds is None:
         args.thread_rounds = 3 if quick else 7
     args.thread_n = 500 if quick else 2000
+    if args.sqlalchemy_rounds is None:
+        args.sqlalchemy_rounds = 5 if quick else 21
+    args.sqlalchemy_n = 100 if quick else 200
     sizes = args.memory_tasks or ([10_000] if quick else [10_000, 100_000])
     sizes = [size for size in sizes if size > 0]
     loops = args.loop or list(LOOPS)
@@ -209,6 +251,9 @@ def main() -> int:
         result = run_timings(python, loop, args)
         if result is not None:
             results.append(result)
+    sqlalchemy = None
+    if "asyncio" in loops and args.sqlalchemy_rounds > 0:
+        sqlalchemy = run_sqlalchemy(python, args)
     jobs = []
     for size in sizes:
         jobs.append(("asyncio", "floor", size))  # no event loop: measured once, shown for all
@@ -221,7 +266,8 @@ def main() -> int:
         for result in results:
             memory.setdefault(result["loop"], {})["floor"] = floor
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"timings": results, "memory": memory}))
+        raw = {"timings": results, "memory": memory, "sqlalchemy": sqlalchemy}
+        Path(args.json_out).write_text(json.dumps(raw))
     thread_reports = []
     for loop in loops:
         if loop == "trio" or args.thread_rounds <= 0:
@@ -249,6 +295,9 @@ def main() -> int:
     for text in thread_reports:
         print()
         print(text.rstrip())
+    if sqlalchemy is not None:
+        for line in report.sqlalchemy_lines(sqlalchemy):
+            print(line)
     return 0 if results else 1
 
 
