@@ -525,6 +525,7 @@ def report_lines(results: list[dict[str, Any]], memory: Memory) -> list[str]:
 # -- SQLAlchemy's asyncio ORM from sync code (bench_sqlalchemy.py, issue 16) ----------
 
 SQLA_TARGET = 1.05
+SQLA_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 SQLA_KINDS = (("query", "query"), ("lazy", "lazy load"))
 SQLA_ROWS = (
     ("run_sync", "SQLAlchemy: await session.run_sync(fn)"),
@@ -619,7 +620,7 @@ def sqlalchemy_lines(result: dict[str, Any]) -> list[str]:
     ]
     found: list[Target] = []
     for db, why in result["skipped"].items():
-        lines.append(f"    {db}: skipped. {why}")
+        lines.append(f"    {SQLA_NAMES.get(db, db)}: skipped. {why}")
     for measured in result["databases"].values():
         title = measured["title"]
         counts = set(measured["statements"].values()) | set(measured["statements_after"].values())
@@ -648,7 +649,7 @@ def sqlalchemy_lines(result: dict[str, Any]) -> list[str]:
                 found.append(_sqla_target(cpu_samples, kind, label, info=True))
     lines.append(SQLA_NOTES)
     for db in result["skipped"]:
-        found.append(Target(f"{db}: skipped (see above)", None, SQLA_TARGET))
+        found.append(Target(f"{SQLA_NAMES.get(db, db)}: skipped (see above)", None, SQLA_TARGET))
     lines.append("")
     lines.append(
         f"=== TARGETS (issue 16): in a portal / AsyncSession.run_sync, same fn and session, "
