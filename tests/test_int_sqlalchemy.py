@@ -418,3 +418,196 @@ def test_cancel_scope_reaches_sqlalchemy_await_on_every_backend(backend: Backend
 
     assert backend.run(main) == 8
     assert log == ["sync finally"]
+
+
+# --- which way a wait goes: the hub, or a driver greenlet --------------------------
+
+
+def count_driver_greenlets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the waits that go through a driver greenlet (the rest the hub drives)."""
+    bridge = greenportal.sqlalchemy
+    armed = [0]
+    arm = bridge._arm
+
+    def counting_arm(gr: Any) -> None:
+        armed[0] += 1
+        arm(gr)
+
+    monkeypatch.setattr(bridge, "_arm", counting_arm)
+    return armed
+
+
+def test_driver_calls_are_driven_by_the_hub(
+    aio_backend: Backend, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy's own awaits (queries, lazy loads, commits) need no driver greenlet."""
+    armed = count_driver_greenlets(monkeypatch)
+
+    def application(session: AsyncSession) -> tuple[list[str], str, int]:
+        sync = session.sync_session
+        add_author(sync, "Tolstoy", ["War and Peace", "Anna Karenina"])
+        sync.expire_all()
+        titles = titles_by(sync, "Tolstoy")
+        name = author_of_first_book(sync)
+        own = armed[0]
+        # SQLAlchemy's await function called by code outside SQLAlchemy: a driver.
+        assert await_only(_value_after_sleep(5)) == 5
+        return titles, name, armed[0] - own
+
+    async def body(engine: AsyncEngine) -> Any:
+        async with AsyncSession(engine) as session:
+            return await with_portal_run_sync(application, session)
+
+    titles, name, user_calls = run_with_engine(aio_backend, db_url, body)
+    assert (titles, name) == (["War and Peace", "Anna Karenina"], "Tolstoy")
+    assert user_calls == 1
+    assert armed[0] == 1, "SQLAlchemy's own awaits went through driver greenlets"
+
+
+def test_nested_await_inside_what_sqlalchemy_awaits(aio_backend: Backend, tmp_path: Path) -> None:
+    """greenportal's await_ inside an awaitable that SQLAlchemy's await_ drives.
+
+    Awaited by code outside SQLAlchemy, the awaitable runs on a driver
+    greenlet and a nested await_ works.  Awaited by SQLAlchemy itself (here
+    the pool awaiting an ``async_creator``), it runs on the event loop's own
+    greenlet: the nested await_ fails with an error that says why, and the
+    task, its portal and the bridge go on working.
+    """
+    import aiosqlite
+
+    def sync_helper(x: int) -> int:
+        return await_(_value_after_sleep(x)) + 1
+
+    async def calls_sync_code(x: int) -> int:
+        await asyncio.sleep(0)
+        return sync_helper(x)
+
+    async def creator() -> Any:
+        sync_helper(1)  # sync code that waits, inside SQLAlchemy's own await
+        return await aiosqlite.connect(tmp_path / "never.sqlite")
+
+    def application(engine: AsyncEngine) -> tuple[int, str]:
+        through_a_driver = await_only(calls_sync_code(41))
+        with pytest.raises(RuntimeError, match="handed to the event loop") as caught:
+            with engine.sync_engine.connect():
+                pass
+        # The same task and portal still wait, SQLAlchemy's way and ours.
+        assert await_only(_value_after_sleep(3)) == 3
+        assert await_(_value_after_sleep(4)) == 4
+        return through_a_driver, str(caught.value)
+
+    async def main() -> tuple[int, str]:
+        engine = create_async_engine("sqlite+aiosqlite://", async_creator=creator)
+        try:
+            return await with_portal_run_sync(application, engine)
+        finally:
+            await engine.dispose()
+
+    result, message = aio_backend.run(main)
+    assert result == 42
+    assert "use 'await' in that async code" in message.lower()
+
+
+def test_cancelled_while_the_hub_drives_a_query(aio_backend: Backend, postgres_dsn: str) -> None:
+    """Cancelling a task in a query the hub drives: the sync code unwinds, the server stops."""
+    url = asyncpg_url(postgres_dsn)
+    log: list[str] = []
+
+    def application(session: AsyncSession) -> None:
+        try:
+            session.sync_session.execute(sa.text("SELECT pg_sleep(10)"))
+        finally:
+            log.append("sync finally")
+
+    async def main() -> float:
+        engine = create_async_engine(url)
+        try:
+            async with AsyncSession(engine) as session:
+                task = asyncio.ensure_future(with_portal_run_sync(application, session))
+                await asyncio.sleep(0.3)
+                start = time.monotonic()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                elapsed = time.monotonic() - start
+            async with AsyncSession(engine) as session:
+                # The bridge works in the next task.
+                one = await with_portal_run_sync(
+                    lambda: session.sync_session.execute(sa.text("SELECT 1")).scalar_one()
+                )
+                assert one == 1
+            return elapsed
+        finally:
+            await engine.dispose()
+
+    elapsed = aio_backend.run(main)
+    assert elapsed < 5, f"the cancelled query went on for {elapsed:.1f}s"
+    assert log == ["sync finally"]
+
+
+# --- the hub's side of the protocol, on every backend --------------------------------
+
+
+def test_a_bare_switch_with_an_awaitable_is_awaited_by_the_hub(backend: Backend) -> None:
+    """``getcurrent().parent.switch(aw)`` in a portal: SQLAlchemy's protocol, no SQLAlchemy.
+
+    The hub awaits *aw* and resumes the portal greenlet with the result, or
+    throws its exception in; cancellation reaches the switch; other tasks run
+    meanwhile; a nested await_ is refused with the explanation.
+    """
+    import anyio
+    import greenlet
+
+    def hub_await(aw: Any) -> Any:
+        parent = greenlet.getcurrent().parent
+        assert parent is not None
+        return parent.switch(aw)
+
+    async def slow(x: int) -> int:
+        await anyio.sleep(0.2)
+        await anyio.sleep(0)
+        return x
+
+    async def fails() -> None:
+        await anyio.sleep(0)
+        raise KeyError("from the awaitable")
+
+    async def nests() -> int:
+        await anyio.sleep(0)
+        return await_(_value_after_sleep(1))
+
+    log: list[str] = []
+
+    def sync_layer(i: int) -> int:
+        value = hub_await(slow(i))
+        with pytest.raises(KeyError, match="from the awaitable"):
+            hub_await(fails())
+        with pytest.raises(RuntimeError, match="no portal greenlet here to suspend"):
+            hub_await(nests())
+        log.append("done")
+        return value + await_(_value_after_sleep(100))
+
+    def blocked() -> None:
+        try:
+            hub_await(anyio.sleep(10))
+        finally:
+            log.append("cancelled")
+
+    async def main() -> list[int]:
+        results = [0] * 5
+
+        async def put(i: int) -> None:
+            results[i] = await with_portal_run_sync(sync_layer, i)
+
+        start = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(put, i)
+        assert time.monotonic() - start < 5 * 0.2 * 0.6, "the tasks did not overlap"
+        with anyio.move_on_after(0.05) as scope:
+            await with_portal_run_sync(blocked)
+        assert scope.cancelled_caught
+        return results
+
+    assert backend.run(main) == [100 + i for i in range(5)]
+    assert log == ["done"] * 5 + ["cancelled"]

@@ -11,7 +11,6 @@ through which the layers above tell the engine what it cannot know itself
 
 from __future__ import annotations
 
-import collections.abc
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -20,7 +19,6 @@ import greenlet
 
 from . import _accel
 from ._portal import (
-    _CO_ITERABLE_COROUTINE,
     _FINISHED,
     _NO_PORTAL,
     _PARKED,
@@ -29,9 +27,9 @@ from ._portal import (
     _RETURNED,
     Portal,
     PortalGreenlet,
+    _awaitable_iter,
     _CoroutineType,
     _Detach,
-    _GeneratorType,
     _stray_switch,
     _strip_own_frame,
     _worker,
@@ -96,33 +94,6 @@ def register_inline_slow(fn: Callable[[], int | None]) -> None:
 
 
 # -- await_ --------------------------------------------------------------------
-
-
-def _awaitable_iter(aw: object) -> Any:
-    """Return the iterator that awaiting *aw* drives, or raise TypeError."""
-    tp = type(aw)
-    if tp is _CoroutineType:
-        return aw
-    if tp is _GeneratorType and aw.gi_code.co_flags & _CO_ITERABLE_COROUTINE:  # type: ignore[attr-defined]
-        return aw
-    get = getattr(tp, "__await__", None)
-    if get is None:
-        if tp is _GeneratorType:
-            hint = " (a plain generator; decorate its function with @types.coroutine)"
-        elif callable(aw):
-            hint = " (did you mean to call it, as in await_(f()) instead of await_(f)?)"
-        else:
-            hint = ""
-        # Native await's wording first ("object int can't be used in 'await'
-        # expression"), which greenback's own error is.
-        raise TypeError(
-            f"object {tp.__name__} can't be used in 'await' expression: await_() needs "
-            f"an awaitable, got {tp.__qualname__!r} object{hint}"
-        )
-    it = get(aw)
-    if not isinstance(it, collections.abc.Iterator):
-        raise TypeError(f"{tp.__qualname__}.__await__() returned a non-iterator")
-    return it
 
 
 def _drive_await(ref: weakref.ref[Portal], outer: Any) -> Any:

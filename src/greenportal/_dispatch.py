@@ -10,7 +10,9 @@ is the portal greenlet of the running task.  Everything else comes here:
 2. no asyncio or Trio task runs in this thread: a worker thread or a program
    without an event loop, which ``_threads.await_without_portal`` serves;
 3. a task runs here but has no usable portal: a ``RuntimeError`` that says
-   why (bestowed but not active yet, or none at all) and what to do.
+   why (bestowed but not active yet, none at all, or this code runs inside an
+   awaitable that the task's hub is driving for SQLAlchemy's ``await_``) and
+   what to do.
 
 Registered with the engine at import (``_await.register_slow_path``): the
 engine does not import the layers above it.
@@ -23,13 +25,13 @@ from typing import Any, NoReturn
 
 from . import _await, _backends, _threads
 from ._outcome import close_refused
-from ._portal import Portal, _strip_own_frame, getcurrent
+from ._portal import Portal, _awaitable_iter, _strip_own_frame, getcurrent, native_portal_here
 
 
 def await_slow(aw: object) -> Any:
     """await_ when the current greenlet is not a portal greenlet of the current task."""
     try:
-        it = _await._awaitable_iter(aw)
+        it = _awaitable_iter(aw)
     except TypeError as error:
         close_refused(aw)
         _strip_own_frame(error)
@@ -81,7 +83,17 @@ def raise_no_portal() -> NoReturn:
     # The key phrases of greenback's messages ("must create a ... portal",
     # "must yield to the event loop"), with our name, so that tests written
     # against greenback's wording still match (tests/test_greenback_compat.py).
-    if isinstance(coro, Portal) and coro._gr is None:
+    if native_portal_here() is not None:
+        msg = (
+            "await_() was called from sync code inside an awaitable that SQLAlchemy's "
+            "await_() handed to the event loop (a database driver call made by "
+            "SQLAlchemy's own code, or a function SQLAlchemy awaits, such as an "
+            "async_creator): greenportal drives such awaitables on the event loop "
+            "itself, as SQLAlchemy's greenlet_spawn does, so there is no portal "
+            "greenlet here to suspend. Use 'await' in that async code instead, or make "
+            "the call that needs await_() before or after SQLAlchemy's"
+        )
+    elif isinstance(coro, Portal) and coro._gr is None:
         msg = (
             "this task's portal was bestowed but is not active yet: you must yield to the "
             f"event loop (try 'await {backend.sleep0}') after calling "

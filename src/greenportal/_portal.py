@@ -20,14 +20,15 @@ greenlet switch pair, whoever yields it.
 
 Designs we rejected
 -------------------
-* *Let the hub await natively* (SQLAlchemy's bridge): ``await_`` switches to
-  the hub with the awaitable and the hub runs it with a real ``await``.  That
-  crosses greenlets once per ``await_`` instead of once per trap, but the
-  awaitable's frames then run on the hub, and if they call sync code that
-  calls ``await_`` again there is no greenlet left to suspend.  Nested
-  ``await_`` is part of our contract, so the portal greenlet drives
-  everything.  (Issue 3 revisits the cost; the choice is local to
-  :func:`_drive_await`.)
+* *Let the hub await natively* (SQLAlchemy's bridge) for every ``await_``:
+  ``await_`` switches to the hub with the awaitable and the hub runs it with
+  a real ``await``.  That crosses greenlets once per ``await_`` instead of
+  once per trap, but the awaitable's frames then run on the hub, and if they
+  call sync code that calls ``await_`` again there is no greenlet left to
+  suspend.  Nested ``await_`` is part of our contract, so ``await_`` drives
+  its awaitable on the portal greenlet.  The hub does drive the awaitables
+  that SQLAlchemy's own code hands it (next section), where nesting never
+  worked in SQLAlchemy either.
 * *A native coroutine as the shim* (greenback): its first ``send`` must be
   ``None``, so it has to be pre-stepped, and every step pays a coroutine
   resume on top of the switch.  A small class with a Python ``send`` costs
@@ -38,6 +39,24 @@ Designs we rejected
   while suspended would leak with its greenlet.  So the trap travels through
   ``Portal._trap``, and while the portal greenlet is suspended it holds only
   a weak reference to its portal (see "Ownership" below).
+
+Awaits the hub drives
+---------------------
+SQLAlchemy waits with ``getcurrent().parent.switch(awaitable)``: from a
+portal greenlet that switch reaches the hub inside ``send`` (or ``throw``),
+bringing an awaitable where one of our markers belongs.  ``send`` then steps
+that awaitable itself (``Portal._native``), trap by trap, as an ``await``
+in the task would, and when it ends resumes the portal greenlet with the
+result or throws the exception in, where the switch waits.  One switch pair
+per wait and none per trap: what SQLAlchemy's ``greenlet_spawn`` costs.
+Cancellation is thrown into the awaitable; ``close`` unwinds it, then the
+sync frames.  Sync code called from inside such an awaitable runs on the
+hub and cannot wait: its ``await_`` raises a ``RuntimeError`` that says so
+(``native_portal_here``).  Only ``greenportal.sqlalchemy`` sends such
+waits this way (it decides which; see its docstring); any other value is a
+stray switch, an error.  The hot path stays compiled: the compiled ``send``
+calls the Python ``_await_natively``/``_native_send`` only when a bare
+switch arrives or ``_native`` is set.
 
 Ownership (the invariant that makes collection work)
 ----------------------------------------------------
@@ -109,6 +128,10 @@ Known gaps
   current when the exception was caught, so they cannot be trimmed.
 * Greenlets belong to one thread; a portal is usable only on its loop's
   thread (the event loop never steps a task elsewhere).
+* While the hub drives an awaitable, the suspended portal greenlet's stack
+  (SQLAlchemy's await frame) references it: a task abandoned with its loop
+  in the middle of such a wait cannot be collected, as under SQLAlchemy's
+  own bridge.
 """
 
 from __future__ import annotations
@@ -137,6 +160,33 @@ _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 
 
+def _awaitable_iter(aw: object) -> Any:
+    """Return the iterator that awaiting *aw* drives, or raise TypeError."""
+    tp = type(aw)
+    if tp is _CoroutineType:
+        return aw
+    if tp is _GeneratorType and aw.gi_code.co_flags & _CO_ITERABLE_COROUTINE:  # type: ignore[attr-defined]
+        return aw
+    get = getattr(tp, "__await__", None)
+    if get is None:
+        if tp is _GeneratorType:
+            hint = " (a plain generator; decorate its function with @types.coroutine)"
+        elif callable(aw):
+            hint = " (did you mean to call it, as in await_(f()) instead of await_(f)?)"
+        else:
+            hint = ""
+        # Native await's wording first ("object int can't be used in 'await'
+        # expression"), which greenback's own error is.
+        raise TypeError(
+            f"object {tp.__name__} can't be used in 'await' expression: await_() needs "
+            f"an awaitable, got {tp.__qualname__!r} object{hint}"
+        )
+    it = get(aw)
+    if not isinstance(it, collections.abc.Iterator):
+        raise TypeError(f"{tp.__qualname__}.__await__() returned a non-iterator")
+    return it
+
+
 # What a portal greenlet switches to its hub with: it parked a trap in
 # Portal._trap, or its job returned or raised (the value or exception is in
 # Portal._result).  Values and exceptions travel this way, not through
@@ -155,6 +205,19 @@ _POOL_LIMIT = 256
 # giving up (and leaving the job suspended, as it did before each answer).
 _CLOSE_ROUNDS = 100
 _pools = threading.local()
+
+# The portal whose hub-driven awaitable (Portal._native) this thread is
+# stepping right now, if any: an await_ that finds no portal asks, so that
+# its error can say why (see native_portal_here).
+_driving = threading.local()
+
+
+def native_portal_here() -> Portal | None:
+    """The portal whose hub-driven awaitable the current greenlet is running, if any."""
+    portal: Portal | None = getattr(_driving, "portal", None)
+    if portal is not None and portal._hub is getcurrent():
+        return portal
+    return None
 
 
 class _Detach(BaseException):
@@ -333,6 +396,7 @@ class _PortalCommon:
             "_awaiting",
             "_gr",
             "_hub",
+            "_native",
             "_park",
             "_result",
             "_switch",
@@ -373,6 +437,12 @@ class _PortalCommon:
     _trap: Any
     # The iterator that the innermost active await_ is driving, else None.
     _awaiting: Any
+    # The iterator of an awaitable that the portal greenlet handed to the hub
+    # with a bare switch (SQLAlchemy's await_), which the hub is driving
+    # itself, else None.  Invariant: while it is set, the portal greenlet is
+    # suspended in that switch, and every step goes to this iterator instead
+    # (see "Awaits the hub drives" in the module docstring).
+    _native: Any
 
     # -- stepping ----------------------------------------------------------
 
@@ -423,6 +493,8 @@ class _PortalCommon:
             # Never stepped: the coroutine raises at its start, like a native one.
             self._set_target(_FINISHED)
             return self.coro.throw(exc)
+        if self._native is not None:
+            return self._native_step(None, exc)
         if getcurrent() is not self._hub:
             self._rehome(getcurrent())
         try:
@@ -431,10 +503,70 @@ class _PortalCommon:
                 return self._trap
             if res is _RETURNED or res is _RAISED:
                 raise self._finished(res)
-            raise _stray_switch(res)
+            return self._await_natively(res)
         except BaseException as error:
             self._after_error(error)
             raise
+
+    # -- awaits the hub drives (SQLAlchemy's await_) -----------------------
+
+    def _await_natively(self, aw: Any) -> Any:
+        """The portal greenlet switched to the hub with *aw*: drive it here.
+
+        Called by ``send``/``throw`` (both builds) with what the switch
+        brought that is not one of our markers.  An awaitable is SQLAlchemy's
+        protocol (``getcurrent().parent.switch(awaitable)``, see
+        ``greenportal.sqlalchemy``); anything else is a stray switch.
+        """
+        try:
+            it = _awaitable_iter(aw)
+        except TypeError:
+            raise _stray_switch(aw) from None
+        self._native = it
+        del it, aw
+        return self._native_step(None, None)
+
+    def _native_send(self, value: Any) -> Any:
+        # (send's branch, and the compiled send's, for a step while _native is set)
+        return self._native_step(value, None)
+
+    def _native_step(self, value: Any, exc: BaseException | None) -> Any:
+        """Step ``_native``; when it ends, resume the portal greenlet with its outcome."""
+        while True:
+            it = self._native
+            outer = getattr(_driving, "portal", None)
+            _driving.portal = self
+            try:
+                return it.send(value) if exc is None else it.throw(exc)
+            except StopIteration as stop:
+                result, failed = stop.value, False
+            except BaseException as error:
+                _strip_own_frame(error)
+                result, failed = error, True
+            finally:
+                _driving.portal = outer
+                del it, outer
+            self._native = None
+            value = exc = None
+            try:
+                if getcurrent() is not self._hub:
+                    self._rehome(getcurrent())
+                gr = self._gr
+                assert gr is not None  # suspended in the switch that handed us the awaitable
+                res = gr.throw(result) if failed else gr.switch(result)
+                del gr, result
+                if res is _PARKED:
+                    return self._trap
+                if res is _RETURNED or res is _RAISED:
+                    raise self._finished(res)
+                try:
+                    self._native = _awaitable_iter(res)
+                except TypeError:
+                    raise _stray_switch(res) from None
+                del res
+            except BaseException as error:
+                self._after_error(error)
+                raise
 
     def close(self) -> None:
         """Close the portal: unwind its frames with ``GeneratorExit``."""
@@ -501,6 +633,8 @@ class _PortalCommon:
         ``asyncio.capture_call_graph()`` and ``python -m asyncio pstree``,
         walk into what ``await_`` awaits."""
         awaiting = self._awaiting
+        if awaiting is None:
+            awaiting = self._native
         if awaiting is not None:
             return awaiting
         return getattr(self.coro, "cr_await", None)
@@ -536,6 +670,7 @@ class _PurePortal(_PortalCommon):
         "_awaiting",
         "_gr",
         "_hub",
+        "_native",
         "_park",
         "_result",
         "_switch",
@@ -557,9 +692,12 @@ class _PurePortal(_PortalCommon):
         self.task_id = task_id
         self._gr = self._hub = self._target = None
         self._trap = self._awaiting = self._park = self._switch = self._result = None
+        self._native = None
 
     def send(self, value: Any = None) -> Any:
         """Step the task: resume it with *value* and return the next trap."""
+        if self._native is not None:
+            return self._native_send(value)
         if getcurrent() is not self._hub:
             self._rehome(getcurrent())
         try:
@@ -570,7 +708,7 @@ class _PurePortal(_PortalCommon):
                 return self._trap
             if res is _RETURNED or res is _RAISED:
                 raise self._finished(res)
-            raise _stray_switch(res)
+            return self._await_natively(res)
         except BaseException as error:
             self._after_error(error)
             raise

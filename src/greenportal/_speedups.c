@@ -61,6 +61,10 @@
  *   would stay on the suspended stack.
  * - C frames add no traceback entries, so nothing here needs the
  *   frame-stripping that the Python version does.
+ * - A switch to the hub with anything but a marker (SQLAlchemy's await_), and
+ *   every step while `_native` is set, go to the Python methods
+ *   _await_natively / _native_send (python_step): that path is shared by
+ *   both builds ("Awaits the hub drives" in _portal.py).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -93,7 +97,7 @@ static PyObject *g_no_portal;      /* _NO_PORTAL, an always-dead weak reference 
 
 static PyObject *s_close;
 static PyObject *s_portal_ref, *s_throw, *s_dead, *s_value, *s_finalize, *s_parent,
-    *s_gr_context, *s_switch, *s_get_coro, *s_pool_key;
+    *s_gr_context, *s_switch, *s_get_coro, *s_pool_key, *s_native_send, *s_await_natively;
 
 /* getattr(obj, name) that reports "no such attribute" as 0 with *result NULL
  * instead of raising AttributeError (1: found; -1: another error). */
@@ -123,6 +127,7 @@ typedef struct {
     PyObject *result;
     PyObject *trap;
     PyObject *awaiting;
+    PyObject *native;
     PyObject *weakreflist;
 } PortalObject;
 
@@ -148,6 +153,7 @@ portal_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->result = Py_NewRef(Py_None);
     self->trap = Py_NewRef(Py_None);
     self->awaiting = Py_NewRef(Py_None);
+    self->native = Py_NewRef(Py_None);
     self->weakreflist = NULL;
     return (PyObject *)self;
 }
@@ -215,6 +221,7 @@ portal_traverse(PortalObject *self, visitproc visit, void *arg)
     Py_VISIT(self->result);
     Py_VISIT(self->trap);
     Py_VISIT(self->awaiting);
+    Py_VISIT(self->native);
     return 0;
 }
 
@@ -232,6 +239,7 @@ portal_clear(PortalObject *self)
     Py_CLEAR(self->result);
     Py_CLEAR(self->trap);
     Py_CLEAR(self->awaiting);
+    Py_CLEAR(self->native);
     return 0;
 }
 
@@ -636,11 +644,40 @@ portal_rehome(PortalObject *self, PyObject *hub)
     return 0;
 }
 
+/* A step taken by a Python method of the portal (the awaits the hub drives,
+ * _portal._PortalCommon._native_step): its return value is the next trap, its
+ * StopIteration the job's end.  Consumes `arg`. */
+static PySendResult
+python_step(PortalObject *self, PyObject *name, PyObject *arg, PyObject **presult)
+{
+    PyObject *res = PyObject_CallMethodOneArg((PyObject *)self, name, arg);
+    Py_DECREF(arg);
+    if (res != NULL) {
+        *presult = res;
+        return PYGEN_NEXT;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        return PYGEN_ERROR;
+    }
+    PyObject *stop = take_exception();
+    PyObject *result = stop != NULL ? PyObject_GetAttr(stop, s_value) : NULL;
+    Py_XDECREF(stop);
+    if (result == NULL) {
+        return PYGEN_ERROR;
+    }
+    *presult = result;
+    return PYGEN_RETURN;
+}
+
 /* One step: resume the portal greenlet with `value`, return its next trap. */
 static PySendResult
 portal_step_impl(PortalObject *self, PyObject *value, PyObject **presult)
 {
     *presult = NULL;
+    if (self->native != NULL && self->native != Py_None) {
+        /* The hub is driving an awaitable the portal greenlet handed it. */
+        return python_step(self, s_native_send, Py_NewRef(value), presult);
+    }
     if (g_getcurrent == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "greenportal._speedups is not configured");
         return PYGEN_ERROR;
@@ -668,13 +705,9 @@ portal_step_impl(PortalObject *self, PyObject *value, PyObject **presult)
         return PYGEN_NEXT;
     }
     if (res != g_returned && res != g_raised) {
-        /* Not one of ours: some greenlet switched to the hub by itself. */
-        PyObject *error = PyObject_CallOneArg(g_stray_switch, res);
-        Py_DECREF(res);
-        if (error != NULL) {
-            raise_exception(error);
-        }
-        return PYGEN_ERROR;
+        /* Not one of ours: an awaitable for the hub to drive (SQLAlchemy's
+         * await_), or a stray switch; the Python side tells them apart. */
+        return python_step(self, s_await_natively, res, presult);
     }
     return portal_finished(self, res, presult);
 }
@@ -789,6 +822,7 @@ static PyMemberDef portal_members[] = {
     MEMBER("_result", result),
     MEMBER("_trap", trap),
     MEMBER("_awaiting", awaiting),
+    MEMBER("_native", native),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1517,6 +1551,8 @@ init_names(void)
     s_gr_context = PyUnicode_InternFromString("gr_context");
     s_switch = PyUnicode_InternFromString("switch");
     s_get_coro = PyUnicode_InternFromString("get_coro");
+    s_native_send = PyUnicode_InternFromString("_native_send");
+    s_await_natively = PyUnicode_InternFromString("_await_natively");
     s_init_names[0] = PyUnicode_InternFromString("coro");
     s_init_names[1] = PyUnicode_InternFromString("fn");
     s_init_names[2] = PyUnicode_InternFromString("task_id");
@@ -1525,7 +1561,8 @@ init_names(void)
     }
     s_pool_key = PyUnicode_InternFromString("greenportal._speedups.idle_greenlets");
     if (!s_portal_ref || !s_throw || !s_dead || !s_value || !s_finalize || !s_parent ||
-        !s_gr_context || !s_switch || !s_get_coro || !s_pool_key) {
+        !s_gr_context || !s_switch || !s_get_coro || !s_pool_key || !s_native_send ||
+        !s_await_natively) {
         return -1;
     }
     return 0;

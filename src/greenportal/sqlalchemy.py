@@ -12,14 +12,37 @@ This module makes every greenportal portal greenlet a greenlet SQLAlchemy
 accepts.  SQLAlchemy tells its greenlets apart by a class attribute,
 ``__sqlalchemy_greenlet_provider__``, and awaits with
 ``getcurrent().parent.switch(awaitable)``.  The portal greenlet's parent is
-the event loop's greenlet, which must not receive such a switch, so when
-SQLAlchemy's ``await_()`` asks, the portal greenlet gets a short-lived
-*driver* greenlet as its parent.  The driver takes the awaitable, puts the
-portal greenlet's real parent back, becomes a child of the portal greenlet
-and runs :func:`greenportal.await_` on the awaitable (one more greenlet
-inside the portal, the way ``greenlet_spawn``'s already are).  When it ends,
-greenlet hands its result, or raises its exception, in the portal greenlet,
-exactly where SQLAlchemy's ``switch`` is waiting.
+the *hub*, the greenlet stepping the task (normally the event loop's), and
+there are two ways to serve that switch:
+
+* **The hub drives the awaitable** (SQLAlchemy's own dialect code awaiting
+  its driver: every query, lazy load and commit).  The switch reaches the
+  portal's ``send`` with an awaitable instead of one of the portal's
+  markers, and from then on the portal steps that awaitable itself, trap by
+  trap, until it ends; then it resumes the portal greenlet with the result,
+  or throws the exception in (``_portal``, "Awaits the hub drives").  One
+  switch pair per wait and none per trap, as in SQLAlchemy's own
+  ``greenlet_spawn``, and nothing to set up beforehand.  The awaitable's
+  frames then run on the hub, so sync code called from inside it cannot
+  wait again: greenportal's :func:`~greenportal.await_` raises a
+  ``RuntimeError`` that says so, and SQLAlchemy's raises ``MissingGreenlet``,
+  as they would under ``greenlet_spawn``.  Driver calls never do that.
+* **A driver greenlet** (any other code calling SQLAlchemy's ``await_()``
+  directly: the awaitable may be anything, and may call sync code that waits
+  again).  When SQLAlchemy's await function reads the attribute on behalf of
+  a caller outside SQLAlchemy, the portal greenlet gets a short-lived driver
+  greenlet as its parent.  The driver takes the awaitable, puts the portal
+  greenlet's real parent back, becomes a child of the portal greenlet and
+  runs :func:`greenportal.await_` on it, so the awaitable runs on a greenlet
+  inside the portal and both kinds of nested await work.  When it ends,
+  greenlet hands its result, or raises its exception, in the portal
+  greenlet, where SQLAlchemy's ``switch`` is waiting.
+
+Which way a wait goes is decided by who awaits: the frame that called
+SQLAlchemy's await function belongs to a ``sqlalchemy.`` module or not.  The
+switch itself needs no recognising (the hub knows its own markers), but we
+found no signal other than the caller's module for "this awaitable is a
+driver call": the awaitables are the drivers' own coroutines.
 
 It is on from ``import greenportal``: nothing is imported from SQLAlchemy,
 and nothing changes unless SQLAlchemy's own ``await_()`` or ``in_greenlet()``
@@ -78,8 +101,12 @@ def _arm(portal_gr: greenlet.greenlet) -> None:
     driver.switch(portal_gr)
 
 
+def _module_of(frame: Any) -> str:
+    return str(frame.f_globals.get("__name__", ""))
+
+
 class _Provider:
-    """``PortalGreenlet.__sqlalchemy_greenlet_provider__``: true where await_ can work."""
+    """``__sqlalchemy_greenlet_provider__`` of portal greenlets: true where await_ can work."""
 
     def __get__(self, gr: greenlet.greenlet | None, owner: type | None = None) -> Any:
         if gr is None:
@@ -91,9 +118,31 @@ class _Provider:
             # first step): SQLAlchemy raises MissingGreenlet, as it should.
             return False
         caller = _getframe(1)
-        if caller.f_code.co_name in _SWITCHING_CALLERS and str(
-            caller.f_globals.get("__name__", "")
-        ).startswith("sqlalchemy."):
+        if caller.f_code.co_name in _SWITCHING_CALLERS and _module_of(caller).startswith(
+            "sqlalchemy."
+        ):
+            awaiter = caller.f_back
+            if awaiter is None or not _module_of(awaiter).startswith("sqlalchemy."):
+                # Not a driver call: run it on a driver greenlet (see above).
+                _arm(gr)
+            # Else the switch reaches the hub, which drives the awaitable.
+        return True
+
+
+class _DriverProvider:
+    """The same attribute on driver greenlets, which always arm: their parent is no hub."""
+
+    def __get__(self, gr: greenlet.greenlet | None, owner: type | None = None) -> Any:
+        if gr is None:
+            return self
+        if gr is not _getcurrent():
+            return True
+        if current_portal() is None:
+            return False
+        caller = _getframe(1)
+        if caller.f_code.co_name in _SWITCHING_CALLERS and _module_of(caller).startswith(
+            "sqlalchemy."
+        ):
             _arm(gr)
         return True
 
@@ -104,7 +153,7 @@ _PROVIDER = _Provider()
 class _Driver(greenlet.greenlet):
     """A driver greenlet; SQLAlchemy's await_ also works in the code it awaits."""
 
-    __sqlalchemy_greenlet_provider__ = _PROVIDER
+    __sqlalchemy_greenlet_provider__ = _DriverProvider()
 
 
 def enable() -> None:
