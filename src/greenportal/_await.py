@@ -30,7 +30,6 @@ from ._portal import (
     _awaitable_iter,
     _CoroutineType,
     _Detach,
-    _stray_switch,
     _strip_own_frame,
     _worker,
     getcurrent,
@@ -306,5 +305,4 @@ _accel.configure(
     no_portal=_NO_PORTAL,
     has_portal=_HAS_PORTAL,
     inline_slow=_inline_task_id_slow,
-    stray_switch=_stray_switch,
 )

@@ -20,12 +20,15 @@ engine does not import the layers above it.
 
 from __future__ import annotations
 
+import gc
+import sys
+import types
 import weakref
 from typing import Any, NoReturn
 
 from . import _await, _backends, _threads
 from ._outcome import close_refused
-from ._portal import Portal, _awaitable_iter, _strip_own_frame, getcurrent, native_portal_here
+from ._portal import Portal, _awaitable_iter, _PortalCommon, _strip_own_frame, getcurrent
 
 
 def await_slow(aw: object) -> Any:
@@ -74,6 +77,30 @@ def await_slow(aw: object) -> Any:
     except BaseException as error:
         _strip_own_frame(error)
         raise
+
+
+def native_portal_here() -> Portal | None:
+    """The portal whose hub-driven awaitable (``Portal._native``) is running this code.
+
+    For the error of an ``await_`` that finds no portal.  Nothing on the hot
+    path keeps track (a mark per step cost as much as the rest of the step),
+    so this searches: a portal of this hub in that state whose awaitable's
+    frame is on the current stack.  Slow, and only ever on that error's path.
+    """
+    hub = getcurrent()
+    stack = set()
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        stack.add(id(frame))
+        frame = frame.f_back
+    for obj in gc.get_objects():
+        if isinstance(obj, _PortalCommon) and obj._native is not None and obj._hub is hub:
+            running = getattr(obj._native, "cr_frame", None) or getattr(
+                obj._native, "gi_frame", None
+            )
+            if running is not None and id(running) in stack:
+                return obj  # type: ignore[return-value]
+    return None
 
 
 def raise_no_portal() -> NoReturn:

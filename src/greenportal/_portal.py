@@ -52,11 +52,14 @@ per wait and none per trap: what SQLAlchemy's ``greenlet_spawn`` costs.
 Cancellation is thrown into the awaitable; ``close`` unwinds it, then the
 sync frames.  Sync code called from inside such an awaitable runs on the
 hub and cannot wait: its ``await_`` raises a ``RuntimeError`` that says so
-(``native_portal_here``).  Only ``greenportal.sqlalchemy`` sends such
-waits this way (it decides which; see its docstring); any other value is a
-stray switch, an error.  The hot path stays compiled: the compiled ``send``
-calls the Python ``_await_natively``/``_native_send`` only when a bare
-switch arrives or ``_native`` is set.
+(``_dispatch.native_portal_here`` finds out why, on that error's path only: marking
+each step cost as much as the step).  Only ``greenportal.sqlalchemy``
+sends waits this way (it decides which; see its docstring); any other
+value is a stray switch, an error.  In the compiled build a coroutine
+handed over is driven in C (``native_send``): no Python call per wait or
+per trap; exceptions, ``throw`` and other awaitables take the Python path
+(``_await_natively``, ``_native_step``, ``_native_resume``), shared by
+both builds.
 
 Ownership (the invariant that makes collection work)
 ----------------------------------------------------
@@ -205,19 +208,6 @@ _POOL_LIMIT = 256
 # giving up (and leaving the job suspended, as it did before each answer).
 _CLOSE_ROUNDS = 100
 _pools = threading.local()
-
-# The portal whose hub-driven awaitable (Portal._native) this thread is
-# stepping right now, if any: an await_ that finds no portal asks, so that
-# its error can say why (see native_portal_here).
-_driving = threading.local()
-
-
-def native_portal_here() -> Portal | None:
-    """The portal whose hub-driven awaitable the current greenlet is running, if any."""
-    portal: Portal | None = getattr(_driving, "portal", None)
-    if portal is not None and portal._hub is getcurrent():
-        return portal
-    return None
 
 
 class _Detach(BaseException):
@@ -519,54 +509,59 @@ class _PortalCommon:
         ``greenportal.sqlalchemy``); anything else is a stray switch.
         """
         try:
-            it = _awaitable_iter(aw)
+            self._native = _awaitable_iter(aw)
         except TypeError:
             raise _stray_switch(aw) from None
-        self._native = it
-        del it, aw
-        return self._native_step(None, None)
+        del aw
+        return self._native_step(None)
 
-    def _native_send(self, value: Any) -> Any:
-        # (send's branch, and the compiled send's, for a step while _native is set)
-        return self._native_step(value, None)
+    def _native_step(self, value: Any, exc: BaseException | None = None) -> Any:
+        """Step ``_native``: its next trap, once it ends the portal greenlet's next.
 
-    def _native_step(self, value: Any, exc: BaseException | None) -> Any:
-        """Step ``_native``; when it ends, resume the portal greenlet with its outcome."""
+        (Compiled twin, for ``send``: ``native_send`` in ``_speedups.c``.)
+        """
         while True:
-            it = self._native
-            outer = getattr(_driving, "portal", None)
-            _driving.portal = self
             try:
-                return it.send(value) if exc is None else it.throw(exc)
+                if exc is None:
+                    return self._native.send(value)
+                return self._native.throw(exc)
             except StopIteration as stop:
                 result, failed = stop.value, False
             except BaseException as error:
                 _strip_own_frame(error)
                 result, failed = error, True
-            finally:
-                _driving.portal = outer
-                del it, outer
-            self._native = None
-            value = exc = None
+            if self._native_resume(result, failed) is _PARKED:
+                return self._trap
+            value = exc = result = None
+
+    def _native_resume(self, result: Any, failed: bool) -> Any:
+        """``_native`` ended with *result*: resume the portal greenlet with it.
+
+        Returns ``_PARKED`` when the portal greenlet parked a trap, None when
+        it handed over another awaitable (now in ``_native``, to be stepped),
+        or raises what the job's end makes ``send`` raise.
+        """
+        self._native = None
+        try:
+            hub = getcurrent()
+            if hub is not self._hub:
+                self._rehome(hub)
+            gr = self._gr
+            assert gr is not None  # suspended in the switch that handed us the awaitable
+            res = gr.throw(result) if failed else gr.switch(result)
+            del gr, result
+            if res is _PARKED:
+                return _PARKED
+            if res is _RETURNED or res is _RAISED:
+                raise self._finished(res)
             try:
-                if getcurrent() is not self._hub:
-                    self._rehome(getcurrent())
-                gr = self._gr
-                assert gr is not None  # suspended in the switch that handed us the awaitable
-                res = gr.throw(result) if failed else gr.switch(result)
-                del gr, result
-                if res is _PARKED:
-                    return self._trap
-                if res is _RETURNED or res is _RAISED:
-                    raise self._finished(res)
-                try:
-                    self._native = _awaitable_iter(res)
-                except TypeError:
-                    raise _stray_switch(res) from None
-                del res
-            except BaseException as error:
-                self._after_error(error)
-                raise
+                self._native = _awaitable_iter(res)
+            except TypeError:
+                raise _stray_switch(res) from None
+            return None
+        except BaseException as error:
+            self._after_error(error)
+            raise
 
     def close(self) -> None:
         """Close the portal: unwind its frames with ``GeneratorExit``."""
@@ -697,7 +692,7 @@ class _PurePortal(_PortalCommon):
     def send(self, value: Any = None) -> Any:
         """Step the task: resume it with *value* and return the next trap."""
         if self._native is not None:
-            return self._native_send(value)
+            return self._native_step(value)
         if getcurrent() is not self._hub:
             self._rehome(getcurrent())
         try:

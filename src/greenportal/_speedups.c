@@ -63,7 +63,7 @@
  *   frame-stripping that the Python version does.
  * - A switch to the hub with anything but a marker (SQLAlchemy's await_), and
  *   every step while `_native` is set, go to the Python methods
- *   _await_natively / _native_send (python_step): that path is shared by
+ *   _await_natively / _native_step (python_step): that path is shared by
  *   both builds ("Awaits the hub drives" in _portal.py).
  */
 
@@ -86,7 +86,6 @@ static PyObject *g_running_loop;   /* asyncio._get_running_loop, or NULL */
 static PyObject *g_prepare_loop;   /* _eager.guard_loop (3.12+), or NULL */
 static PyObject *g_has_portal;     /* _HAS_PORTAL */
 static PyObject *g_inline_slow;    /* _inline_task_id_slow */
-static PyObject *g_stray_switch;   /* _stray_switch(value): the error to raise */
 static PyObject *g_slow;           /* what await_box returns for "take the slow path" */
 
 static PyObject *g_greenlet_class; /* PortalGreenlet */
@@ -97,7 +96,8 @@ static PyObject *g_no_portal;      /* _NO_PORTAL, an always-dead weak reference 
 
 static PyObject *s_close;
 static PyObject *s_portal_ref, *s_throw, *s_dead, *s_value, *s_finalize, *s_parent,
-    *s_gr_context, *s_switch, *s_get_coro, *s_pool_key, *s_native_send, *s_await_natively;
+    *s_gr_context, *s_switch, *s_get_coro, *s_pool_key, *s_native_step, *s_await_natively,
+    *s_native_resume;
 
 /* getattr(obj, name) that reports "no such attribute" as 0 with *result NULL
  * instead of raising AttributeError (1: found; -1: another error). */
@@ -669,6 +669,103 @@ python_step(PortalObject *self, PyObject *name, PyObject *arg, PyObject **presul
     return PYGEN_RETURN;
 }
 
+static PySendResult portal_finished(PortalObject *self, PyObject *marker, PyObject **presult);
+static void portal_after_error(PortalObject *self);
+static int portal_rehome(PortalObject *self, PyObject *hub);
+
+/* A step of the awaitable the hub drives (twin: _portal._PortalCommon's
+ * _native_step and _native_resume, without their StopIteration): send
+ * `value` in; a trap is returned as it is.  When the awaitable returns, the
+ * portal greenlet is resumed with its value, and what the greenlet switches
+ * back with is handled as in portal_step_impl (a coroutine is the next
+ * awaitable to drive).  An awaitable that raises, or hands over anything but
+ * a coroutine, goes to the Python side. */
+static PySendResult
+native_send(PortalObject *self, PyObject *value, PyObject **presult)
+{
+    Py_INCREF(value);
+    for (;;) {
+        PyObject *it = Py_NewRef(self->native);
+        PyObject *res = NULL;
+        PySendResult status = PyIter_Send(it, value, &res);
+        Py_DECREF(it);
+        Py_DECREF(value);
+        if (status == PYGEN_NEXT) {
+            *presult = res;
+            return PYGEN_NEXT;
+        }
+        if (status == PYGEN_RETURN) {
+            Py_XSETREF(self->native, Py_NewRef(Py_None));
+            PyObject *current = PyObject_CallNoArgs(g_getcurrent);
+            if (current == NULL) {
+                Py_DECREF(res);
+                return PYGEN_ERROR;
+            }
+            int failed_rehome = current != self->hub && portal_rehome(self, current) < 0;
+            Py_DECREF(current);
+            if (failed_rehome) {
+                Py_DECREF(res);
+                return PYGEN_ERROR;
+            }
+            PyObject *switch_ = PyObject_GetAttr(field(self->gr), s_switch);
+            if (switch_ == NULL) {
+                Py_DECREF(res);
+                return PYGEN_ERROR;
+            }
+            PyObject *back = PyObject_CallOneArg(switch_, res);
+            Py_DECREF(switch_);
+            Py_DECREF(res);
+            if (back == NULL) {
+                portal_after_error(self);
+                return PYGEN_ERROR;
+            }
+            if (back == g_parked) {
+                Py_DECREF(back);
+                *presult = Py_NewRef(field(self->trap));
+                return PYGEN_NEXT;
+            }
+            if (back == g_returned || back == g_raised) {
+                return portal_finished(self, back, presult);
+            }
+            if (!PyCoro_CheckExact(back)) {
+                return python_step(self, s_await_natively, back, presult);
+            }
+            Py_XSETREF(self->native, back);
+            value = Py_NewRef(Py_None);
+            continue;
+        }
+        res = take_exception();
+        if (res == NULL) {
+            return PYGEN_ERROR;
+        }
+        PyObject *failed = Py_True;
+        PyObject *args[4] = {NULL, (PyObject *)self, res, failed};
+        PyObject *next = PyObject_VectorcallMethod(
+            s_native_resume, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(res);
+        if (next == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+                return PYGEN_ERROR;
+            }
+            PyObject *stop = take_exception();
+            PyObject *result = stop != NULL ? PyObject_GetAttr(stop, s_value) : NULL;
+            Py_XDECREF(stop);
+            if (result == NULL) {
+                return PYGEN_ERROR;
+            }
+            *presult = result;
+            return PYGEN_RETURN;
+        }
+        if (next == g_parked) {
+            Py_DECREF(next);
+            *presult = Py_NewRef(field(self->trap));
+            return PYGEN_NEXT;
+        }
+        Py_DECREF(next);
+        value = Py_NewRef(Py_None);
+    }
+}
+
 /* One step: resume the portal greenlet with `value`, return its next trap. */
 static PySendResult
 portal_step_impl(PortalObject *self, PyObject *value, PyObject **presult)
@@ -676,7 +773,7 @@ portal_step_impl(PortalObject *self, PyObject *value, PyObject **presult)
     *presult = NULL;
     if (self->native != NULL && self->native != Py_None) {
         /* The hub is driving an awaitable the portal greenlet handed it. */
-        return python_step(self, s_native_send, Py_NewRef(value), presult);
+        return native_send(self, value, presult);
     }
     if (g_getcurrent == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "greenportal._speedups is not configured");
@@ -706,7 +803,12 @@ portal_step_impl(PortalObject *self, PyObject *value, PyObject **presult)
     }
     if (res != g_returned && res != g_raised) {
         /* Not one of ours: an awaitable for the hub to drive (SQLAlchemy's
-         * await_), or a stray switch; the Python side tells them apart. */
+         * await_), or a stray switch; the Python side tells them apart,
+         * but a coroutine is driven here at once. */
+        if (PyCoro_CheckExact(res)) {
+            Py_XSETREF(self->native, res);
+            return native_send(self, Py_None, presult);
+        }
         return python_step(self, s_await_natively, res, presult);
     }
     return portal_finished(self, res, presult);
@@ -1357,16 +1459,16 @@ configure(PyObject *module, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"getcurrent", "parked", "returned", "finished", "detach",
                              "greenlet_exit", "slow", "awaitable_iter", "greenlet_class", "worker",
                              "pool_limit", "raised", "no_portal", "has_portal", "inline_slow",
-                             "stray_switch", NULL};
+                             NULL};
     PyObject *getcurrent, *parked, *returned, *finished, *detach, *greenlet_exit, *slow,
         *awaitable_iter, *greenlet_class, *worker, *raised, *no_portal, *has_portal,
-        *inline_slow, *stray_switch;
+        *inline_slow;
     Py_ssize_t pool_limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOnOOOOO:configure", kwlist, &getcurrent,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOnOOOO:configure", kwlist, &getcurrent,
                                      &parked, &returned, &finished, &detach, &greenlet_exit,
                                      &slow, &awaitable_iter, &greenlet_class, &worker,
                                      &pool_limit, &raised, &no_portal, &has_portal,
-                                     &inline_slow, &stray_switch)) {
+                                     &inline_slow)) {
         return NULL;
     }
     PyObject *finished_switch = PyObject_GetAttrString(finished, "switch");
@@ -1389,7 +1491,6 @@ configure(PyObject *module, PyObject *args, PyObject *kwds)
     Py_XSETREF(g_no_portal, Py_NewRef(no_portal));
     Py_XSETREF(g_has_portal, Py_NewRef(has_portal));
     Py_XSETREF(g_inline_slow, Py_NewRef(inline_slow));
-    Py_XSETREF(g_stray_switch, Py_NewRef(stray_switch));
     Py_RETURN_NONE;
 }
 
@@ -1551,8 +1652,9 @@ init_names(void)
     s_gr_context = PyUnicode_InternFromString("gr_context");
     s_switch = PyUnicode_InternFromString("switch");
     s_get_coro = PyUnicode_InternFromString("get_coro");
-    s_native_send = PyUnicode_InternFromString("_native_send");
+    s_native_step = PyUnicode_InternFromString("_native_step");
     s_await_natively = PyUnicode_InternFromString("_await_natively");
+    s_native_resume = PyUnicode_InternFromString("_native_resume");
     s_init_names[0] = PyUnicode_InternFromString("coro");
     s_init_names[1] = PyUnicode_InternFromString("fn");
     s_init_names[2] = PyUnicode_InternFromString("task_id");
@@ -1561,8 +1663,8 @@ init_names(void)
     }
     s_pool_key = PyUnicode_InternFromString("greenportal._speedups.idle_greenlets");
     if (!s_portal_ref || !s_throw || !s_dead || !s_value || !s_finalize || !s_parent ||
-        !s_gr_context || !s_switch || !s_get_coro || !s_pool_key || !s_native_send ||
-        !s_await_natively) {
+        !s_gr_context || !s_switch || !s_get_coro || !s_pool_key || !s_native_step ||
+        !s_await_natively || !s_native_resume) {
         return -1;
     }
     return 0;

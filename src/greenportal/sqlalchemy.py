@@ -55,6 +55,7 @@ SQLAlchemy itself is not patched.  Tested with SQLAlchemy 2.0 and 2.1.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import greenlet
@@ -101,8 +102,28 @@ def _arm(portal_gr: greenlet.greenlet) -> None:
     driver.switch(portal_gr)
 
 
-def _module_of(frame: Any) -> str:
+def _module_of_frame(depth: int) -> str:
+    """``__name__`` of the module running at *depth* frames above our caller ('' if none)."""
+    try:
+        frame = _getframe(depth + 1)
+    except ValueError:
+        return ""
     return str(frame.f_globals.get("__name__", ""))
+
+
+# 3.12+ names the module of a frame without making a frame object.
+_module_at: Callable[[int], str | None] = getattr(sys, "_getframemodulename", _module_of_frame)
+
+
+def _reader_switches(depth: int) -> bool:
+    """Whether the code *depth* frames above our caller is SQLAlchemy's await function."""
+    try:
+        frame = _getframe(depth + 1)
+    except ValueError:
+        return False
+    return frame.f_code.co_name in _SWITCHING_CALLERS and str(
+        frame.f_globals.get("__name__", "")
+    ).startswith("sqlalchemy.")
 
 
 class _Provider:
@@ -117,15 +138,13 @@ class _Provider:
             # A pooled portal greenlet, or another task's (an eager task's
             # first step): SQLAlchemy raises MissingGreenlet, as it should.
             return False
-        caller = _getframe(1)
-        if caller.f_code.co_name in _SWITCHING_CALLERS and _module_of(caller).startswith(
-            "sqlalchemy."
-        ):
-            awaiter = caller.f_back
-            if awaiter is None or not _module_of(awaiter).startswith("sqlalchemy."):
-                # Not a driver call: run it on a driver greenlet (see above).
-                _arm(gr)
-            # Else the switch reaches the hub, which drives the awaitable.
+        # Frame 1 reads the attribute (SQLAlchemy's await function, or its
+        # in_greenlet()); frame 2 called it.  Called from SQLAlchemy's own
+        # code, a switch that follows goes to the hub, which drives the
+        # awaitable: nothing to prepare.  Called from elsewhere, an await
+        # gets a driver greenlet (see above).
+        if not (_module_at(2) or "").startswith("sqlalchemy.") and _reader_switches(1):
+            _arm(gr)
         return True
 
 
@@ -139,10 +158,7 @@ class _DriverProvider:
             return True
         if current_portal() is None:
             return False
-        caller = _getframe(1)
-        if caller.f_code.co_name in _SWITCHING_CALLERS and _module_of(caller).startswith(
-            "sqlalchemy."
-        ):
+        if _reader_switches(1):
             _arm(gr)
         return True
 
