@@ -71,6 +71,7 @@ TWINS: dict[str, str | None] = {
     "acquire": "greenportal._portal:_acquire",
     "release": "greenportal._portal:_release",
     "swap_coro": "greenportal._backends._ctask:_write_coro",
+    "SwitchProvider": "greenportal.sqlalchemy:_Provider",
     # How the extension learns greenportal's markers, classes and hooks.
     "configure": None,
     "set_current_task": None,

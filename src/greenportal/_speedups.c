@@ -70,6 +70,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "structmember.h"
+#if PY_VERSION_HEX < 0x030B0000
+#include "frameobject.h" /* PyFrameObject.f_globals; 3.11+ has PyFrame_GetGlobals */
+#endif
 
 /* ---- objects handed over by configure() (from greenportal._await) ------- */
 
@@ -97,7 +100,7 @@ static PyObject *g_no_portal;      /* _NO_PORTAL, an always-dead weak reference 
 static PyObject *s_close;
 static PyObject *s_portal_ref, *s_throw, *s_dead, *s_value, *s_finalize, *s_parent,
     *s_gr_context, *s_switch, *s_get_coro, *s_pool_key, *s_native_step, *s_await_natively,
-    *s_native_resume;
+    *s_native_resume, *s_dunder_name, *s_co_name;
 
 /* getattr(obj, name) that reports "no such attribute" as 0 with *result NULL
  * instead of raising AttributeError (1: found; -1: another error). */
@@ -1583,6 +1586,182 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+
+/* ---- SwitchProvider: twin of greenportal.sqlalchemy._Provider ------------- */
+
+/* A descriptor for a greenlet class attribute that foreign code (SQLAlchemy)
+ * reads on the current greenlet before it waits with a bare switch to the
+ * parent.  True where such a wait will be served: the greenlet is the
+ * current task's portal greenlet.  A reader called from code outside the
+ * modules under `prefix` whose name is in `switchers` (it will switch) gets
+ * `arm(gr)` called first.  The library's names come from its integration:
+ * nothing here knows them.  (Read once per wait: Python's version costs a
+ * method call and a lookup of the portal on top.) */
+typedef struct {
+    PyObject_HEAD
+    PyObject *prefix;    /* str */
+    PyObject *switchers; /* frozenset of str */
+    PyObject *arm;       /* callable(gr) */
+} ProviderObject;
+
+static PyObject *
+provider_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"prefix", "switchers", "arm", NULL};
+    PyObject *prefix, *switchers, *arm;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UOO:SwitchProvider", kwlist, &prefix,
+                                     &switchers, &arm)) {
+        return NULL;
+    }
+    if (!PyFrozenSet_Check(switchers)) {
+        PyErr_SetString(PyExc_TypeError, "SwitchProvider: switchers must be a frozenset");
+        return NULL;
+    }
+    ProviderObject *self = (ProviderObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->prefix = Py_NewRef(prefix);
+    self->switchers = Py_NewRef(switchers);
+    self->arm = Py_NewRef(arm);
+    return (PyObject *)self;
+}
+
+static int
+provider_traverse(ProviderObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->prefix);
+    Py_VISIT(self->switchers);
+    Py_VISIT(self->arm);
+    return 0;
+}
+
+static int
+provider_clear(ProviderObject *self)
+{
+    Py_CLEAR(self->prefix);
+    Py_CLEAR(self->switchers);
+    Py_CLEAR(self->arm);
+    return 0;
+}
+
+static void
+provider_dealloc(ProviderObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    provider_clear(self);
+    tp->tp_free((PyObject *)self);
+}
+
+/* 1 if `frame` runs code of a module under the prefix, 0 if not, -1 on error. */
+static int
+provider_owns(ProviderObject *self, PyFrameObject *frame)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *globals = PyFrame_GetGlobals(frame);
+#else
+    PyObject *globals = Py_XNewRef(frame->f_globals);
+#endif
+    if (globals == NULL) {
+        return -1;
+    }
+    PyObject *name = PyDict_Check(globals) ? PyDict_GetItemWithError(globals, s_dunder_name)
+                                           : NULL;
+    Py_DECREF(globals);
+    if (name == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyUnicode_Check(name)) {
+        return 0;
+    }
+    Py_ssize_t owned = PyUnicode_Tailmatch(name, self->prefix, 0, PY_SSIZE_T_MAX, -1);
+    return owned < 0 ? -1 : (int)owned;
+}
+
+static PyObject *
+provider_get(PyObject *op, PyObject *gr, PyObject *type)
+{
+    ProviderObject *self = (ProviderObject *)op;
+    if (gr == NULL || gr == Py_None) {
+        return Py_NewRef(op);
+    }
+    if (g_getcurrent == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenportal._speedups is not configured");
+        return NULL;
+    }
+    PyObject *current = PyObject_CallNoArgs(g_getcurrent);
+    if (current == NULL) {
+        return NULL;
+    }
+    Py_DECREF(current);
+    if (current != gr) {
+        Py_RETURN_TRUE; /* the class's answer; only the current greenlet can wait */
+    }
+    PyObject *portal = portal_of_current_task(NULL, NULL);
+    if (portal == NULL) {
+        return NULL;
+    }
+    int live = portal != Py_None;
+    Py_DECREF(portal);
+    if (!live) {
+        Py_RETURN_FALSE;
+    }
+    PyFrameObject *reader = PyEval_GetFrame(); /* borrowed: who reads us */
+    if (reader == NULL) {
+        Py_RETURN_TRUE;
+    }
+    PyFrameObject *awaiter = PyFrame_GetBack(reader);
+    if (awaiter != NULL) {
+        int owned = provider_owns(self, awaiter);
+        Py_DECREF(awaiter);
+        if (owned < 0) {
+            return NULL;
+        }
+        if (owned) {
+            Py_RETURN_TRUE; /* a wait from the library's own code: the hub drives it */
+        }
+    }
+    int owned = provider_owns(self, reader);
+    if (owned < 0) {
+        return NULL;
+    }
+    if (owned) {
+        PyCodeObject *code = PyFrame_GetCode(reader);
+        PyObject *name = PyObject_GetAttr((PyObject *)code, s_co_name);
+        Py_DECREF(code);
+        if (name == NULL) {
+            return NULL;
+        }
+        int switches = PySet_Contains(self->switchers, name);
+        Py_DECREF(name);
+        if (switches < 0) {
+            return NULL;
+        }
+        if (switches) {
+            PyObject *res = PyObject_CallOneArg(self->arm, gr);
+            if (res == NULL) {
+                return NULL;
+            }
+            Py_DECREF(res);
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyTypeObject Provider_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "greenportal._speedups.SwitchProvider",
+    .tp_basicsize = sizeof(ProviderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "SwitchProvider(prefix, switchers, arm): see greenportal.sqlalchemy._Provider.",
+    .tp_new = provider_new,
+    .tp_dealloc = (destructor)provider_dealloc,
+    .tp_traverse = (traverseproc)provider_traverse,
+    .tp_clear = (inquiry)provider_clear,
+    .tp_descr_get = provider_get,
+};
+
 /* Multi-phase initialisation (PEP 489), so that the module can declare what
  * it supports through slots:
  *  - Py_mod_gil (3.13+): the module does not need the GIL.  Its state is
@@ -1600,10 +1779,13 @@ static int init_names(void);
 static int
 speedups_exec(PyObject *m)
 {
-    if (PyType_Ready(&PortalBase_Type) < 0) {
+    if (PyType_Ready(&PortalBase_Type) < 0 || PyType_Ready(&Provider_Type) < 0) {
         return -1;
     }
     if (s_portal_ref == NULL && init_names() < 0) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(m, "SwitchProvider", (PyObject *)&Provider_Type) < 0) {
         return -1;
     }
     return PyModule_AddObjectRef(m, "PortalBase", (PyObject *)&PortalBase_Type);
@@ -1655,6 +1837,8 @@ init_names(void)
     s_native_step = PyUnicode_InternFromString("_native_step");
     s_await_natively = PyUnicode_InternFromString("_await_natively");
     s_native_resume = PyUnicode_InternFromString("_native_resume");
+    s_dunder_name = PyUnicode_InternFromString("__name__");
+    s_co_name = PyUnicode_InternFromString("co_name");
     s_init_names[0] = PyUnicode_InternFromString("coro");
     s_init_names[1] = PyUnicode_InternFromString("fn");
     s_init_names[2] = PyUnicode_InternFromString("task_id");
@@ -1664,7 +1848,8 @@ init_names(void)
     s_pool_key = PyUnicode_InternFromString("greenportal._speedups.idle_greenlets");
     if (!s_portal_ref || !s_throw || !s_dead || !s_value || !s_finalize || !s_parent ||
         !s_gr_context || !s_switch || !s_get_coro || !s_pool_key || !s_native_step ||
-        !s_await_natively || !s_native_resume) {
+        !s_await_natively || !s_native_resume || !s_dunder_name ||
+        !s_co_name) {
         return -1;
     }
     return 0;

@@ -60,6 +60,7 @@ from typing import Any
 
 import greenlet
 
+from . import _accel
 from ._await import await_, current_portal
 from ._portal import PortalGreenlet
 
@@ -71,6 +72,7 @@ _ATTRIBUTE = "__sqlalchemy_greenlet_provider__"
 # parent: await_ (2.1), await_only and await_fallback (2.0).  Its
 # in_greenlet() reads it without switching.
 _SWITCHING_CALLERS = frozenset({"await_", "await_only", "await_fallback"})
+_PREFIX = "sqlalchemy."
 
 _getcurrent = greenlet.getcurrent
 _getframe = sys._getframe
@@ -115,19 +117,31 @@ def _module_of_frame(depth: int) -> str:
 _module_at: Callable[[int], str | None] = getattr(sys, "_getframemodulename", _module_of_frame)
 
 
-def _reader_switches(depth: int) -> bool:
+def _reader_switches(depth: int, prefix: str, switchers: frozenset[str]) -> bool:
     """Whether the code *depth* frames above our caller is SQLAlchemy's await function."""
     try:
         frame = _getframe(depth + 1)
     except ValueError:
         return False
-    return frame.f_code.co_name in _SWITCHING_CALLERS and str(
+    return frame.f_code.co_name in switchers and str(
         frame.f_globals.get("__name__", "")
-    ).startswith("sqlalchemy.")
+    ).startswith(prefix)
 
 
 class _Provider:
-    """``__sqlalchemy_greenlet_provider__`` of portal greenlets: true where await_ can work."""
+    """``__sqlalchemy_greenlet_provider__`` of portal greenlets: true where await_ can work.
+
+    Read by SQLAlchemy on the current greenlet before each wait, so the
+    compiled twin (``_speedups.SwitchProvider``, the same given the same
+    arguments) is what runs where the extension is built.
+    """
+
+    def __init__(
+        self, prefix: str, switchers: frozenset[str], arm: Callable[[greenlet.greenlet], None]
+    ) -> None:
+        self.prefix = prefix
+        self.switchers = switchers
+        self.arm = arm
 
     def __get__(self, gr: greenlet.greenlet | None, owner: type | None = None) -> Any:
         if gr is None:
@@ -143,8 +157,11 @@ class _Provider:
         # code, a switch that follows goes to the hub, which drives the
         # awaitable: nothing to prepare.  Called from elsewhere, an await
         # gets a driver greenlet (see above).
-        if not (_module_at(2) or "").startswith("sqlalchemy.") and _reader_switches(1):
-            _arm(gr)
+        prefix = self.prefix
+        if not (_module_at(2) or "").startswith(prefix) and _reader_switches(
+            1, prefix, self.switchers
+        ):
+            self.arm(gr)
         return True
 
 
@@ -158,12 +175,19 @@ class _DriverProvider:
             return True
         if current_portal() is None:
             return False
-        if _reader_switches(1):
+        if _reader_switches(1, _PREFIX, _SWITCHING_CALLERS):
             _arm(gr)
         return True
 
 
-_PROVIDER = _Provider()
+def _arm_portal_greenlet(gr: greenlet.greenlet) -> None:
+    # (_arm, looked up at each call: the tests count the driver greenlets.)
+    _arm(gr)
+
+
+_PROVIDER = _accel.pick("SwitchProvider", _Provider)(
+    _PREFIX, _SWITCHING_CALLERS, _arm_portal_greenlet
+)
 
 
 class _Driver(greenlet.greenlet):
