@@ -42,7 +42,9 @@ Which way a wait goes is decided by who awaits: the frame that called
 SQLAlchemy's await function belongs to a ``sqlalchemy.`` module or not.  The
 switch itself needs no recognising (the hub knows its own markers), but we
 found no signal other than the caller's module for "this awaitable is a
-driver call": the awaitables are the drivers' own coroutines.
+driver call": the awaitables are the drivers' own coroutines.  SQLAlchemy
+reads the attribute before every wait, so its descriptor has a compiled
+twin (``_speedups.SwitchProvider``), told the module prefix from here.
 
 It is on from ``import greenportal``: nothing is imported from SQLAlchemy,
 and nothing changes unless SQLAlchemy's own ``await_()`` or ``in_greenlet()``
