@@ -236,6 +236,37 @@ async def _blocking_target(x: int) -> int:
 blocking_double = greenportal.blocking(_blocking_target)
 
 
+def sync_hub_waits(sleep: Callable[[float], Awaitable[Any]]) -> int:
+    """SQLAlchemy's way of waiting, without SQLAlchemy: a bare switch to the parent.
+
+    The portal's hub drives each awaitable itself (``Portal._native``); the
+    attribute read goes through the provider (compiled: ``SwitchProvider``).
+    """
+    import greenlet
+
+    me = greenlet.getcurrent()
+    assert getattr(me, "__sqlalchemy_greenlet_provider__", False)
+    hub = me.parent
+    assert hub is not None
+    hub.switch(sleep(0))
+    result: int = hub.switch(value(1))
+    try:
+        hub.switch(fail(2))
+    except Boom:
+        result += 1
+    return result
+
+
+async def native_hub_waits(sleep: Callable[[float], Awaitable[Any]]) -> int:
+    await sleep(0)
+    result = await value(1)
+    try:
+        await fail(2)
+    except Boom:
+        result += 1
+    return result
+
+
 def shared_workloads(backend: str, sleep: Callable[[float], Awaitable[Any]]) -> None:
     """The workloads that read the same on both backends (only *sleep* differs)."""
 
@@ -255,6 +286,14 @@ def shared_workloads(backend: str, sleep: Callable[[float], Awaitable[Any]]) -> 
             pass
 
     pair("exceptions through await_", backend, "3 caught + 1 out of the job", p_exc, n_exc)
+
+    async def p_hub() -> None:
+        await greenportal.with_portal_run_sync(sync_hub_waits, sleep)
+
+    async def n_hub() -> None:
+        await native_hub_waits(sleep)
+
+    pair("waits the hub drives", backend, "bare switches: a trap, a value, a raise", p_hub, n_hub)
 
     async def p_iter() -> None:
         await greenportal.with_portal_run_sync(sync_iter, sleep)

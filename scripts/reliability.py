@@ -117,6 +117,7 @@ CORE_TESTS = [
     "cancel",
     "context_and_nesting",
     "ctask",
+    "sqlalchemy",  # tests/test_sqlalchemy.py: the waits the hub drives, the provider
 ]
 # Deselected from the full sanitizer run: they start a PostgreSQL server,
 # which would inherit LD_PRELOAD and run with the sanitizer runtimes itself;
