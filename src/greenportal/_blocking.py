@@ -296,6 +296,27 @@ def _iterate_plain(iterator: AsyncIterator[Y], runner: Runner | None) -> Generat
         yield _out(item, runner)
 
 
+def enter_async(wrapper: Any, cm: Any, runner: Runner | None) -> Any:
+    """``wrapper.__enter__`` for a wrapper over the async context manager *cm*.
+
+    The value of ``__aenter__`` is translated out, and is the wrapper itself
+    when the manager returns itself.
+    """
+    value = run(runner, type(cm).__aenter__(cm))
+    return wrapper if value is cm else _out(value, runner)
+
+
+def exit_async(
+    cm: Any,
+    runner: Runner | None,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> Any:
+    """``__exit__`` for a wrapper over the async context manager *cm*."""
+    return run(runner, type(cm).__aexit__(cm, exc_type, exc, tb))
+
+
 class _Context:
     """A sync context manager over an async one that has no wrapper class.
 
@@ -310,9 +331,7 @@ class _Context:
         self._runner = runner
 
     def __enter__(self) -> Any:
-        cm = self.aio
-        value = run(self._runner, type(cm).__aenter__(cm))
-        return self if value is cm else _out(value, self._runner)
+        return enter_async(self, self.aio, self._runner)
 
     def __exit__(
         self,
@@ -320,8 +339,7 @@ class _Context:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        cm = self.aio
-        return run(self._runner, type(cm).__aexit__(cm, exc_type, exc, tb))  # type: ignore[no-any-return]
+        return exit_async(self.aio, self._runner, exc_type, exc, tb)  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return _out(getattr(self.aio, name), self._runner)

@@ -56,6 +56,8 @@ from ._blocking import (
     _out,
     _submit,
     _wrappers,
+    enter_async,
+    exit_async,
 )
 from ._futures import BlockingFuture, run
 
@@ -237,9 +239,7 @@ class _Forward:
 
 
 def _enter(self: BlockingObject[Any]) -> Any:
-    aio = self._aio_object
-    value = run(self._aio_runner, type(aio).__aenter__(aio))
-    return self if value is aio else _out(value, self._aio_runner)
+    return enter_async(self, self._aio_object, self._aio_runner)
 
 
 def _exit(
@@ -248,8 +248,7 @@ def _exit(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> Any:
-    aio = self._aio_object
-    return run(self._aio_runner, type(aio).__aexit__(aio, exc_type, exc, tb))
+    return exit_async(self._aio_object, self._aio_runner, exc_type, exc, tb)
 
 
 def _iter(self: BlockingObject[Any]) -> Any:
