@@ -373,31 +373,33 @@ raise_stop_iteration(PyObject *value)
     }
 }
 
-/* `it.throw(exc)` as an awaiting frame would do it: PYGEN_RETURN with the
- * StopIteration value, PYGEN_NEXT with the next trap, or PYGEN_ERROR.
- * Consumes `exc`. */
+/* What a call that steps an iterator (`res`, its result: a new reference or
+ * NULL with the exception set) means to an awaiting frame: PYGEN_NEXT with
+ * the next trap, PYGEN_RETURN with the StopIteration value, or PYGEN_ERROR. */
 static PySendResult
-throw_into(PyObject *it, PyObject *exc, PyObject **presult)
+as_send_result(PyObject *res, PyObject **presult)
 {
-    PyObject *res = PyObject_CallMethodOneArg(it, s_throw, exc);
-    Py_DECREF(exc);
+    *presult = res;
     if (res != NULL) {
-        *presult = res;
         return PYGEN_NEXT;
     }
     if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        *presult = NULL;
         return PYGEN_ERROR;
     }
     PyObject *stop = take_exception();
     PyObject *value = stop != NULL ? PyObject_GetAttr(stop, s_value) : NULL;
     Py_XDECREF(stop);
-    if (value == NULL) {
-        *presult = NULL;
-        return PYGEN_ERROR;
-    }
     *presult = value;
-    return PYGEN_RETURN;
+    return value != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+}
+
+/* `it.throw(exc)` as an awaiting frame would do it.  Consumes `exc`. */
+static PySendResult
+throw_into(PyObject *it, PyObject *exc, PyObject **presult)
+{
+    PyObject *res = PyObject_CallMethodOneArg(it, s_throw, exc);
+    Py_DECREF(exc);
+    return as_send_result(res, presult);
 }
 
 /* Throw `exc` (consumed) into the iterator await_ is driving, as a native
@@ -655,21 +657,7 @@ python_step(PortalObject *self, PyObject *name, PyObject *arg, PyObject **presul
 {
     PyObject *res = PyObject_CallMethodOneArg((PyObject *)self, name, arg);
     Py_DECREF(arg);
-    if (res != NULL) {
-        *presult = res;
-        return PYGEN_NEXT;
-    }
-    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        return PYGEN_ERROR;
-    }
-    PyObject *stop = take_exception();
-    PyObject *result = stop != NULL ? PyObject_GetAttr(stop, s_value) : NULL;
-    Py_XDECREF(stop);
-    if (result == NULL) {
-        return PYGEN_ERROR;
-    }
-    *presult = result;
-    return PYGEN_RETURN;
+    return as_send_result(res, presult);
 }
 
 static PySendResult portal_finished(PortalObject *self, PyObject *marker, PyObject **presult);
@@ -747,17 +735,7 @@ native_send(PortalObject *self, PyObject *value, PyObject **presult)
             s_native_resume, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(res);
         if (next == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
-                return PYGEN_ERROR;
-            }
-            PyObject *stop = take_exception();
-            PyObject *result = stop != NULL ? PyObject_GetAttr(stop, s_value) : NULL;
-            Py_XDECREF(stop);
-            if (result == NULL) {
-                return PYGEN_ERROR;
-            }
-            *presult = result;
-            return PYGEN_RETURN;
+            return as_send_result(NULL, presult);
         }
         if (next == g_parked) {
             Py_DECREF(next);
