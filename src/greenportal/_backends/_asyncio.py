@@ -68,7 +68,7 @@ from typing import Any, TypeVar
 from .. import _await
 from .._outcome import Outcome, close_refused
 from .._portal import Portal
-from . import _ctask, _eager
+from . import _ctask, _eager, _wake
 from ._common import (
     Job,
     Spawn,
@@ -82,6 +82,8 @@ from ._common import (
 
 # Eager task factories exist from 3.12 on (see _eager).
 _EAGER: bool = sys.version_info >= (3, 12)
+# loop.create_task(context=) exists from 3.11 on.
+_CREATE_TASK_CONTEXT: bool = sys.version_info >= (3, 11)
 
 # Tasks started by spawn_future, until they are done (see there).
 _detached: set[asyncio.Task[Any]] = set()
@@ -466,8 +468,18 @@ def _trio_here(error: BaseException) -> BaseException:
     return error
 
 
+def _call(fn: Callable[[], object]) -> None:
+    fn()
+
+
 class RunnerLoop:
-    """An asyncio event loop running in its own thread, for a Runner."""
+    """An asyncio event loop running in its own thread, for a Runner.
+
+    Invariant: every call from other threads into the loop (``spawn``,
+    ``cancel``, ``call_soon``) goes through ``_channel`` if there is one,
+    else through ``call_soon_threadsafe``, never both; so they run in the
+    order they were made.
+    """
 
     def __init__(
         self, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, debug: bool | None
@@ -480,6 +492,9 @@ class RunnerLoop:
         # Jobs begun and not finished.  Touched on the loop thread only.
         self._jobs: set[Job] = set()
         self._closing = False
+        # How spawn() reaches the loop: an eventfd channel (see _wake), or
+        # None for call_soon_threadsafe.  Set once, before the loop runs.
+        self._channel: _wake.Channel | None = None
 
     def start(self, name: str) -> None:
         ready = threading.Event()
@@ -491,6 +506,7 @@ class RunnerLoop:
                 if self._debug is not None:
                     loop.set_debug(self._debug)
                 asyncio.set_event_loop(loop)
+                self._channel = _wake.open_channel(loop)
                 self.loop = loop
                 self.thread_id = threading.get_ident()
             except BaseException as error:
@@ -525,16 +541,34 @@ class RunnerLoop:
         return get_loop is not None and get_loop() is not self.loop
 
     def spawn(self, job: Job) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self._begin, job)
+        # The work runs in a copy of the caller's context, taken here, in
+        # the caller's thread (a posted call carries no context of its own).
+        job.context = contextvars.copy_context()
+        channel = self._channel
+        if channel is not None:
+            channel.post(self._begin, job)
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._begin, job)
 
     def _begin(self, job: Job) -> None:
         if self._closing:
             fail_closed(job, asyncio.CancelledError())
             return
-        assert self.loop is not None
+        loop = self.loop
+        assert loop is not None and job.context is not None
+        context, job.context = job.context, None
         self._jobs.add(job)
-        job.handle = self.loop.create_task(self._drive(job))
+        coro = self._drive(job)
+        if _EAGER and loop.get_task_factory() is None:
+            # Eager: the first step runs now, in this callback, not one loop
+            # iteration later; work that finishes without suspending never
+            # goes through the loop's queue at all.
+            job.handle = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
+        elif _CREATE_TASK_CONTEXT:
+            job.handle = loop.create_task(coro, context=context)  # type: ignore[call-arg]
+        else:
+            job.handle = context.run(loop.create_task, coro)
 
     async def _drive(self, job: Job) -> None:
         # Cancellation before the task's first step would skip this body and
@@ -561,8 +595,14 @@ class RunnerLoop:
         cancel_job(job, self.call_soon)
 
     def call_soon(self, fn: Callable[[], object]) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn)
+        # Through the same channel as spawn(), when there is one: a cancel()
+        # must not overtake the start of the job it cancels.
+        channel = self._channel
+        if channel is not None:
+            channel.post(_call, fn)
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(fn)
 
     def new_event(self) -> Event:
         assert self.loop is not None
@@ -603,8 +643,12 @@ class RunnerLoop:
 
         loop.call_soon_threadsafe(begin)
         self._thread.join()
-        # Make sure no caller waits for a job that never ran.
+        # Make sure no caller waits for a job that never ran (or was posted
+        # and never reached the loop).
         self._closing = True
-        for job in list(self._jobs):
+        late = self._channel.take_pending() if self._channel is not None else []
+        for job in [*self._jobs, *late]:
             fail_closed(job, asyncio.CancelledError())
+        if self._channel is not None:
+            self._channel.close()
         loop.close()
