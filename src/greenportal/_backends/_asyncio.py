@@ -248,6 +248,11 @@ class Host:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        # How the thread wakes the task: the loop's channel (see _wake), or
+        # call_soon_threadsafe where it has none.  Both requests and the
+        # thread's end go the same way, so they arrive in order.
+        channel = _wake.channel_for(loop)
+        self._post = channel.post if channel is not None else _post_threadsafe(loop)
         self.pending: tuple[Awaitable[Any], contextvars.Context] | None = None
         # The reply to the pending request; None while there is none.
         self.answer: Outcome[Any] | None = None
@@ -268,7 +273,7 @@ class Host:
             )
         self.pending = (aw, contextvars.copy_context())
         del aw
-        self.loop.call_soon_threadsafe(self.wake)
+        self._post(Host.wake, self)
         self.reply.acquire()
         answer, self.answer = self.answer, None
         assert answer is not None
@@ -282,9 +287,20 @@ class Host:
     def thread_done(self) -> None:
         self.finished = True
         try:
-            self.loop.call_soon_threadsafe(self.wake)
+            self._post(Host.wake, self)
         except RuntimeError:  # pragma: no cover - the loop closed under us
             pass
+
+
+def _post_threadsafe(
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[Callable[[Any], object], Any], None]:
+    """A channel's post() spelled with call_soon_threadsafe (for loops without a channel)."""
+
+    def post(fn: Callable[[Any], object], arg: Any) -> None:
+        loop.call_soon_threadsafe(fn, arg)
+
+    return post
 
 
 class _InContext:

@@ -56,7 +56,8 @@ class Channel:
     """Calls posted from any thread, run on one loop's thread (see the module notes)."""
 
     def __init__(self, loop: Any, read_fd: int, write_fd: int) -> None:
-        self._loop = loop
+        # Weakly: the per-loop table below must not keep its loops alive.
+        self._loop = weakref.ref(loop)
         # Invariant: a pair is in _calls only after post() and until the
         # drain that follows the next read of _read_fd runs it.
         self._calls: deque[tuple[Callable[[Any], object], Any]] = deque()
@@ -93,9 +94,12 @@ class Channel:
             try:
                 fn(arg)
             except Exception as error:
-                self._loop.call_exception_handler(
-                    {"message": "greenportal: a posted call failed", "exception": error}
-                )
+                loop = self._loop()
+                if loop is not None:
+                    loop.call_exception_handler(
+                        {"message": "greenportal: a posted call failed", "exception": error}
+                    )
+                del loop
             del fn, arg
 
     def take_pending(self) -> list[Any]:
@@ -110,8 +114,12 @@ class Channel:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(Exception):  # the loop may be closed already
-            self._loop.remove_reader(self._read_fd)
+        loop = self._loop()
+        if loop is not None:
+            if _by_loop.get(loop) is self:
+                del _by_loop[loop]
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                loop.remove_reader(self._read_fd)
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -122,8 +130,29 @@ class Channel:
                 os.close(fd)
 
 
+# One channel per loop that greenportal posts to: a Runner's (closed with
+# the Runner), or one opened for to_thread hosts on a loop we do not own
+# (its descriptors closed when the loop is collected).
+_by_loop: weakref.WeakKeyDictionary[Any, Channel] = weakref.WeakKeyDictionary()
+
+
+def channel_for(loop: Any) -> Channel | None:
+    """The channel onto *loop*, opened on first use (call on the loop's thread)."""
+    channel = _by_loop.get(loop)
+    if channel is None and loop not in _refused:
+        channel = open_channel(loop)
+        if channel is None:
+            _refused.add(loop)
+        else:
+            weakref.finalize(loop, channel._close_fds)
+    return channel
+
+
+_refused: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def open_channel(loop: Any) -> Channel | None:
-    """A channel onto *loop* (call on its thread, before it runs); None if unsupported."""
+    """A channel onto *loop* (call on its thread); None if the loop cannot have one."""
     if os.name != "posix":
         return None
     if _EVENTFD:
@@ -134,11 +163,13 @@ def open_channel(loop: Any) -> Channel | None:
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
     try:
-        return Channel(loop, read_fd, write_fd)
+        channel = Channel(loop, read_fd, write_fd)
     except (NotImplementedError, RuntimeError, OSError, AttributeError):
         for fd in {read_fd, write_fd}:
             os.close(fd)
         return None
+    _by_loop[loop] = channel
+    return channel
 
 
 def _after_fork_in_child() -> None:
