@@ -52,7 +52,7 @@ def running_loop(
 ) -> Iterator[tuple[asyncio.AbstractEventLoop, _wake.Channel]]:
     """A loop running in a thread, with a channel opened on it."""
     loop = loop_factory()
-    channel = _wake.open_channel(loop)
+    channel = _wake.open_channel(loop, owned=False)
     assert channel is not None
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -134,7 +134,7 @@ def test_a_call_posted_while_draining_runs_on_a_later_wake_up(
 
 def test_pending_calls_are_handed_back_and_close_releases_the_descriptors() -> None:
     loop = asyncio.new_event_loop()
-    channel = _wake.open_channel(loop)
+    channel = _wake.open_channel(loop, owned=False)
     assert channel is not None
     channel.post(print, "a")
     channel.post(print, "b")
@@ -151,7 +151,7 @@ def test_pending_calls_are_handed_back_and_close_releases_the_descriptors() -> N
 def test_no_channel_where_the_loop_refuses_readers() -> None:
     loop = _no_reader_loop()
     try:
-        assert _wake.open_channel(loop) is None
+        assert _wake.open_channel(loop, owned=False) is None
     finally:
         loop.close()
 
@@ -356,3 +356,102 @@ def test_work_that_does_not_suspend_is_done_when_begun(loop_factory: Any) -> Non
         finished, done_later = runner.run(begin_here())
         assert finished is (sys.version_info >= (3, 12))
         assert done_later
+
+
+# -- to_thread hosts ------------------------------------------------------------
+
+
+def _await_in_thread_on(loop: asyncio.AbstractEventLoop) -> list[object]:
+    import greenportal
+
+    seen: list[object] = []
+
+    async def on_the_loop() -> object:
+        await asyncio.sleep(0)
+        return asyncio.current_task()
+
+    def in_thread() -> None:
+        for _ in range(20):
+            seen.append(greenportal.await_(on_the_loop()))
+
+    async def main() -> object:
+        await greenportal.to_thread(in_thread)
+        return asyncio.current_task()
+
+    seen.append(loop.run_until_complete(main()))
+    return seen
+
+
+def test_a_to_thread_host_wakes_through_the_loops_channel(loop_factory: Any) -> None:
+    loop = loop_factory()
+    try:
+        seen = _await_in_thread_on(loop)
+        channel = _wake._by_loop.get(loop)
+        assert channel is not None
+        # Every await ran inside the task that started the thread.
+        assert len(set(map(id, seen))) == 1
+    finally:
+        loop.close()
+    fd = channel._read_fd
+    del loop, seen
+    import gc
+
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed with the loop
+
+
+def test_a_to_thread_host_on_a_loop_without_readers() -> None:
+    loop = _no_reader_loop()
+    try:
+        seen = _await_in_thread_on(loop)
+        assert _wake._by_loop.get(loop) is None
+        assert len(set(map(id, seen))) == 1
+    finally:
+        loop.close()
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_after_fork_the_child_opens_channels_of_its_own() -> None:
+    from .conftest import run_python
+
+    script = """
+import asyncio, os, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+import greenportal
+from greenportal._backends import _wake
+
+async def one():
+    await asyncio.sleep(0)
+    return os.getpid()
+
+runner = greenportal.Runner()
+assert runner.run(one()) == os.getpid()
+old = runner._impl._channel
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        assert not _wake._by_loop
+        try:
+            os.fstat(old._read_fd)
+        except OSError:
+            pass
+        else:
+            raise AssertionError("the parent's Runner channel is open in the child")
+        assert runner.run(one()) == os.getpid()
+        assert runner._impl._channel is not old
+        assert greenportal.await_(one()) == os.getpid()
+        code = 0
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert runner.run(one()) == os.getpid()  # the parent's wake-ups still arrive
+runner.close()
+print("ok")
+"""
+    out = run_python("-c", script, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["ok"]

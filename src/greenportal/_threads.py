@@ -17,6 +17,8 @@ Where ``await_`` sends an awaitable when the current task has no portal
 6. Any other thread: the default :class:`~greenportal.Runner`, so every such
    call in the process shares one long-lived loop.
 
+:func:`route` gives the row; :func:`await_without_portal` follows it, and
+so does :func:`home_runner` (which Runner ``blocking()`` pins an object to).
 Rows 1 to 3 are the backends' (``_backends.thread_route``); how the asyncio
 host runs the awaitable inside the starting task, so that its cancellation
 reaches the thread as the native exception, is told in

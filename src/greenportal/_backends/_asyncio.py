@@ -10,8 +10,12 @@ What lives here
   task" below);
 * :class:`RunnerLoop`: a Runner's event loop on its own thread.
 
-The eager-factory guard (``_eager``) and the checked write into the C Task
-(``_ctask``) are modules of their own, used only from here.  This module is
+The eager-factory guard (``_eager``), the checked write into the C Task
+(``_ctask``) and the eventfd wake-up channel (``_wake``) are modules of their
+own, used only from here.  Both the Runner's loop and the loop of a
+``to_thread`` host are reached from other threads through the loop's
+channel (one per loop), or ``call_soon_threadsafe`` on a loop that cannot
+have one; each caller sticks to one of the two, so its calls stay in order.  This module is
 imported only once asyncio is (``_backends.get_backend``), so it imports
 asyncio at the top.
 
@@ -522,7 +526,7 @@ class RunnerLoop:
                 if self._debug is not None:
                     loop.set_debug(self._debug)
                 asyncio.set_event_loop(loop)
-                self._channel = _wake.open_channel(loop)
+                self._channel = _wake.open_channel(loop, owned=True)
                 self.loop = loop
                 self.thread_id = threading.get_ident()
             except BaseException as error:

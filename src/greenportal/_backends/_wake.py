@@ -34,8 +34,12 @@ Where it does not apply, :func:`open_channel` returns None and callers use
 ``call_soon_threadsafe``: Windows (no ``add_reader`` on a proactor loop, no
 pipes in a selector), and any loop whose ``add_reader`` refuses.
 
-Fork: the child inherits the descriptors but not the loop thread; an at-fork
-hook closes every channel's descriptors in the child.
+Fork: the child inherits the descriptors.  An at-fork hook forgets every
+channel in the child, so nothing there posts to one, and closes the
+descriptors of the Runners' channels (their loop threads are gone); a
+channel on another loop keeps them, since that loop may go on running in
+the child (asyncio does not support that, but closing a descriptor its
+selector still watches would invite a reused number).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ from typing import Any
 
 _EVENTFD = hasattr(os, "eventfd")
 
-_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
+# The channels of Runner loops (open_channel(owned=True)), closed after fork.
+_owned: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
 class Channel:
@@ -65,7 +70,6 @@ class Channel:
         self._write_fd = write_fd
         self._closed = False
         loop.add_reader(read_fd, self._drain)
-        _channels.add(self)
 
     def post(self, fn: Callable[[Any], object], arg: Any) -> None:
         """Run ``fn(arg)`` on the loop thread soon (thread-safe)."""
@@ -140,7 +144,7 @@ def channel_for(loop: Any) -> Channel | None:
     """The channel onto *loop*, opened on first use (call on the loop's thread)."""
     channel = _by_loop.get(loop)
     if channel is None and loop not in _refused:
-        channel = open_channel(loop)
+        channel = open_channel(loop, owned=False)
         if channel is None:
             _refused.add(loop)
         else:
@@ -151,8 +155,11 @@ def channel_for(loop: Any) -> Channel | None:
 _refused: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def open_channel(loop: Any) -> Channel | None:
-    """A channel onto *loop* (call on its thread); None if the loop cannot have one."""
+def open_channel(loop: Any, *, owned: bool) -> Channel | None:
+    """A channel onto *loop* (call on its thread); None if the loop cannot have one.
+
+    *owned*: the loop is a Runner's, whose thread does not survive a fork.
+    """
     if os.name != "posix":
         return None
     if _EVENTFD:
@@ -169,11 +176,16 @@ def open_channel(loop: Any) -> Channel | None:
             os.close(fd)
         return None
     _by_loop[loop] = channel
+    if owned:
+        _owned.add(channel)
     return channel
 
 
 def _after_fork_in_child() -> None:
-    for channel in list(_channels):
+    global _by_loop, _refused
+    _by_loop = weakref.WeakKeyDictionary()
+    _refused = weakref.WeakSet()
+    for channel in list(_owned):
         channel._close_fds()
 
 
