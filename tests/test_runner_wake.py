@@ -25,6 +25,8 @@ import pytest
 from greenportal import Runner, RunnerClosedError
 from greenportal._backends import _wake
 
+from .conftest import gc_collect_harder
+
 WAIT = 10.0
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the channel is POSIX-only")
@@ -143,9 +145,15 @@ def test_pending_calls_are_handed_back_and_close_releases_the_descriptors() -> N
     fd = channel._read_fd
     channel.close()
     channel.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        channel.post(print, "c")
+    os.fstat(fd)  # still open while the channel can be reached
+    del channel
+    loop.close()
+    del loop
+    gc_collect_harder()
     with pytest.raises(OSError):
         os.fstat(fd)
-    loop.close()
 
 
 def test_no_channel_where_the_loop_refuses_readers() -> None:
@@ -393,10 +401,8 @@ def test_a_to_thread_host_wakes_through_the_loops_channel(loop_factory: Any) -> 
     finally:
         loop.close()
     fd = channel._read_fd
-    del loop, seen
-    import gc
-
-    gc.collect()
+    del loop, seen, channel
+    gc_collect_harder()
     with pytest.raises(OSError):
         os.fstat(fd)  # closed with the loop
 
@@ -455,3 +461,20 @@ print("ok")
     out = run_python("-c", script, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.split() == ["ok"]
+
+
+def test_a_failing_task_factory_fails_the_call(runner: Runner) -> None:
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        raise ValueError("no tasks today")
+
+    async def install(factory: Any) -> None:
+        asyncio.get_running_loop().set_task_factory(factory)
+
+    runner.run(install(factory))
+    # The loop's own task for install() finished before the factory was set.
+    with pytest.raises(ValueError, match="no tasks today"):
+        runner.run(_one_yield(1))
+    removed = threading.Event()
+    runner.loop.call_soon_threadsafe(lambda: (runner.loop.set_task_factory(None), removed.set()))
+    assert removed.wait(WAIT)
+    assert runner.run(_one_yield(1)) == 2

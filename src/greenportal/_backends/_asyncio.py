@@ -580,15 +580,24 @@ class RunnerLoop:
         context, job.context = job.context, None
         self._jobs.add(job)
         coro = self._drive(job)
-        if _EAGER and loop.get_task_factory() is None:
-            # Eager: the first step runs now, in this callback, not one loop
-            # iteration later; work that finishes without suspending never
-            # goes through the loop's queue at all.
-            job.handle = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
-        elif _CREATE_TASK_CONTEXT:
-            job.handle = loop.create_task(coro, context=context)  # type: ignore[call-arg]
-        else:
-            job.handle = context.run(loop.create_task, coro)
+        try:
+            if _EAGER and loop.get_task_factory() is None:
+                # Eager: the first step runs now, in this callback, not one
+                # loop iteration later; work that finishes without suspending
+                # never goes through the loop's queue at all.
+                job.handle = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
+            elif _CREATE_TASK_CONTEXT:
+                job.handle = loop.create_task(coro, context=context)  # type: ignore[call-arg]
+            else:
+                job.handle = context.run(loop.create_task, coro)
+        except BaseException as error:
+            # No task (a task factory that failed, say): the caller gets the error.
+            self._jobs.discard(job)
+            if not job.started:
+                coro.close()
+                close_refused(job.fn)
+                job.fail(error)
+                job.finish()
 
     async def _drive(self, job: Job) -> None:
         # Cancellation before the task's first step would skip this body and

@@ -58,7 +58,13 @@ _owned: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
 class Channel:
-    """Calls posted from any thread, run on one loop's thread (see the module notes)."""
+    """Calls posted from any thread, run on one loop's thread (see the module notes).
+
+    The descriptors are closed when the channel is collected (or, in a fork
+    child, by the at-fork hook), never while a thread may still hold it: a
+    late ``post`` then writes into our own descriptor, not into whatever
+    file reused its number.
+    """
 
     def __init__(self, loop: Any, read_fd: int, write_fd: int) -> None:
         # Weakly: the per-loop table below must not keep its loops alive.
@@ -68,11 +74,18 @@ class Channel:
         self._calls: deque[tuple[Callable[[Any], object], Any]] = deque()
         self._read_fd = read_fd
         self._write_fd = write_fd
+        # Set by close(); posts are refused from then on.
         self._closed = False
         loop.add_reader(read_fd, self._drain)
+        self._release_fds = weakref.finalize(self, _close_fds, read_fd, write_fd)
 
     def post(self, fn: Callable[[Any], object], arg: Any) -> None:
-        """Run ``fn(arg)`` on the loop thread soon (thread-safe)."""
+        """Run ``fn(arg)`` on the loop thread soon (thread-safe).
+
+        Raises RuntimeError once the channel is closed.
+        """
+        if self._closed:
+            raise RuntimeError("the event loop is closed (its wake-up channel is)")
         self._calls.append((fn, arg))
         if _EVENTFD:
             os.eventfd_write(self._write_fd, 1)
@@ -114,7 +127,7 @@ class Channel:
         return pending
 
     def close(self) -> None:
-        """Stop watching and close the descriptors; the loop must not be running."""
+        """Stop watching the descriptor and refuse posts; the loop must not be running."""
         if self._closed:
             return
         self._closed = True
@@ -124,19 +137,17 @@ class Channel:
                 del _by_loop[loop]
             with contextlib.suppress(Exception):  # the loop may be closed already
                 loop.remove_reader(self._read_fd)
-        self._close_fds()
 
-    def _close_fds(self) -> None:
-        self._closed = True
-        fds = {self._read_fd, self._write_fd}
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+
+def _close_fds(*fds: int) -> None:
+    for fd in set(fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 # One channel per loop that greenportal posts to: a Runner's (closed with
 # the Runner), or one opened for to_thread hosts on a loop we do not own
-# (its descriptors closed when the loop is collected).
+# (collected with the loop, whose selector holds it).
 _by_loop: weakref.WeakKeyDictionary[Any, Channel] = weakref.WeakKeyDictionary()
 
 
@@ -147,8 +158,6 @@ def channel_for(loop: Any) -> Channel | None:
         channel = open_channel(loop, owned=False)
         if channel is None:
             _refused.add(loop)
-        else:
-            weakref.finalize(loop, channel._close_fds)
     return channel
 
 
@@ -186,7 +195,9 @@ def _after_fork_in_child() -> None:
     _by_loop = weakref.WeakKeyDictionary()
     _refused = weakref.WeakSet()
     for channel in list(_owned):
-        channel._close_fds()
+        # No other thread exists here to post to it.
+        channel._closed = True
+        channel._release_fds()
 
 
 if hasattr(os, "register_at_fork"):
