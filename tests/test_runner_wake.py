@@ -25,7 +25,7 @@ import pytest
 from greenportal import Runner, RunnerClosedError
 from greenportal._backends import _wake
 
-from .conftest import gc_collect_harder
+from .conftest import gc_collect_harder, run_python
 
 WAIT = 10.0
 
@@ -420,8 +420,6 @@ def test_a_to_thread_host_on_a_loop_without_readers() -> None:
 @pytest.mark.subprocess
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_after_fork_the_child_opens_channels_of_its_own() -> None:
-    from .conftest import run_python
-
     script = """
 import asyncio, os, sys, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
@@ -478,3 +476,90 @@ def test_a_failing_task_factory_fails_the_call(runner: Runner) -> None:
     runner.loop.call_soon_threadsafe(lambda: (runner.loop.set_task_factory(None), removed.set()))
     assert removed.wait(WAIT)
     assert runner.run(_one_yield(1)) == 2
+
+
+_CTRL_C_SCRIPT = """
+import asyncio, os, signal, sys, threading, time
+import greenportal
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+class NoReaders(asyncio.SelectorEventLoop):
+    def add_reader(self, *args):
+        raise NotImplementedError
+
+factory = NoReaders if sys.argv[1] == "fallback" else asyncio.new_event_loop
+runner = greenportal.Runner(loop_factory=factory)
+assert (runner._ensure_started()._channel is None) == (sys.argv[1] == "fallback")
+started = threading.Event()
+
+def interrupt_when(event):
+    event.wait(10)
+    time.sleep(0.05)  # let the main thread block in run()
+    os.kill(os.getpid(), signal.SIGINT)
+
+async def work():
+    started.set()
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        print("cancelled on the loop")
+        raise
+    finally:
+        await asyncio.sleep(0.05)  # the caller waits for this
+        print("cleanup done")
+
+threading.Thread(target=interrupt_when, args=(started,), daemon=True).start()
+try:
+    runner.run(work())
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+
+# Ctrl-C before the work's task could start: the loop is busy.
+busy, gate = threading.Event(), threading.Event()
+ran = []
+
+async def block_loop():
+    busy.set()
+    gate.wait(10)
+
+async def never():
+    ran.append(True)
+
+def release_gate():
+    interrupt_when(busy)
+    time.sleep(0.05)
+    gate.set()
+
+blocker = runner.submit(block_loop())
+threading.Thread(target=release_gate, daemon=True).start()
+try:
+    runner.run(never())
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+blocker.result(10)
+print("work ran", bool(ran))
+
+async def answer():
+    return 42
+
+print("after", runner.run(answer()))
+runner.close()
+print("closed")
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("path", ["channel", "fallback"])
+def test_ctrl_c_on_both_wake_up_paths(path: str) -> None:
+    out = run_python("-c", _CTRL_C_SCRIPT, path, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines() == [
+        "cancelled on the loop",
+        "cleanup done",
+        "KeyboardInterrupt",
+        "KeyboardInterrupt",
+        "work ran False",
+        "after 42",
+        "closed",
+    ]

@@ -82,7 +82,10 @@ exception that a signal handler raises in the waiting thread (a ``SystemExit``
 from a SIGTERM handler, say) is treated the same way.
 
 Known gaps: Trio runners need Trio installed; a Runner's loop thread cannot
-call its own ``run()`` (it raises rather than deadlock).
+call its own ``run()`` (it raises rather than deadlock).  Python 3.10 and
+3.11 have no eager tasks, so a call there waits one loop iteration more
+before its work starts; Windows (and any loop without ``add_reader``) wakes
+the loop with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations

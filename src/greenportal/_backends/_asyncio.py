@@ -12,12 +12,14 @@ What lives here
 
 The eager-factory guard (``_eager``), the checked write into the C Task
 (``_ctask``) and the eventfd wake-up channel (``_wake``) are modules of their
-own, used only from here.  Both the Runner's loop and the loop of a
-``to_thread`` host are reached from other threads through the loop's
-channel (one per loop), or ``call_soon_threadsafe`` on a loop that cannot
-have one; each caller sticks to one of the two, so its calls stay in order.  This module is
-imported only once asyncio is (``_backends.get_backend``), so it imports
-asyncio at the top.
+own, used only from here.  This module is imported only once asyncio is
+(``_backends.get_backend``), so it imports asyncio at the top.
+
+Other threads reach a Runner's loop, and the loop of a ``to_thread`` host,
+through the loop's wake-up channel (one per loop, see ``_wake``), or through
+``call_soon_threadsafe`` on a loop that cannot have one; each sender sticks
+to one of the two, so its calls arrive in the order it made them.  On 3.12+
+a Runner's job starts its task eagerly (``RunnerLoop._begin``).
 
 Running the awaitable in the starting task
 ------------------------------------------

@@ -19,11 +19,19 @@ A :class:`Channel` is a deque of ``(function, argument)`` pairs and a file
 descriptor the loop watches with ``add_reader``: an ``eventfd`` on Linux, a
 non-blocking pipe on other POSIX systems.  :meth:`Channel.post` appends and
 writes (one syscall); the reader callback reads once (an ``eventfd`` read
-resets the counter) and then runs everything in the deque.  Reading before
-draining is what makes it safe without a lock: a pair appended before the
-write that woke us is in the deque when we drain; one whose write comes
-after our read makes the descriptor readable again.  ``deque.append`` and
-``popleft`` are atomic (also on free-threaded builds).
+resets the counter) and then runs the pairs that are in the deque then, in
+the order posted.  Reading before counting is what makes it safe without a
+lock: a pair whose write we consumed was appended before our read, so it is
+counted; one whose write comes after our read makes the descriptor readable
+again and runs on the next wake-up (so a stream of posts cannot starve the
+loop's other callbacks).  ``deque.append`` and ``popleft`` are atomic (also
+on free-threaded builds).
+
+Lifetime: a Runner closes its channel when its loop has stopped (posts are
+refused from then on); a channel on another loop lives as long as the loop,
+whose selector holds it.  The descriptors are closed only when the channel
+is collected, so a thread that still holds it and posts late writes into
+our own descriptor, never into a file that reused its number.
 
 Unlike ``call_soon_threadsafe`` a posted call runs in the loop's context,
 not a copy of the poster's: the poster passes what it needs (the Runner
