@@ -17,6 +17,7 @@ import contextvars
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -563,3 +564,33 @@ def test_ctrl_c_on_both_wake_up_paths(path: str) -> None:
         "after 42",
         "closed",
     ]
+
+
+def test_close_fails_calls_that_never_reached_the_loop(loop_factory: Any) -> None:
+    runner = Runner(loop_factory=loop_factory)
+    impl: Any = runner._ensure_started()
+    channel = impl._channel
+
+    async def deafen() -> None:
+        # The loop stops watching the channel: posts stay in it.
+        asyncio.get_running_loop().remove_reader(channel._read_fd)
+
+    runner.run(deafen())
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            runner.run(_one_yield(1))
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while not channel._calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    impl.call_soon(lambda: None)  # a pending call that is not a job
+    runner.close()
+    thread.join(WAIT)
+    assert len(errors) == 1
+    assert isinstance(errors[0], RunnerClosedError)

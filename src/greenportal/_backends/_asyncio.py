@@ -678,7 +678,7 @@ class RunnerLoop:
         # and never reached the loop).
         self._closing = True
         late = self._channel.take_pending() if self._channel is not None else []
-        for job in [*self._jobs, *late]:
+        for job in [*self._jobs, *(arg for arg in late if isinstance(arg, Job))]:
             fail_closed(job, asyncio.CancelledError())
         if self._channel is not None:
             self._channel.close()
