@@ -12,15 +12,32 @@ loop runs in a thread, :func:`greenportal.await_` uses :func:`default_runner`.
 How a call travels
 ------------------
 ``run()`` packs the work into a :class:`~._backends.Job` whose ``done`` lock starts out
-held, schedules the job's start on the loop thread (``call_soon_threadsafe``
-for asyncio, ``TrioToken.run_sync_soon`` for Trio), and blocks acquiring the
-lock.  On the loop the job becomes a task that awaits the work, stores the
+held, hands it to the loop thread (``RunnerLoop.spawn``), and blocks acquiring
+the lock.  On the loop the job becomes a task that awaits the work, stores the
 outcome on the job and releases the lock.  That is two thread wake-ups per
-round trip (the loop's self-pipe, then the caller's lock), the least a thread
-hop can cost.  ``asyncio.run_coroutine_threadsafe`` does the same hop through
-a ``concurrent.futures.Future``, a condition variable and two chained
-callbacks; we keep a bare lock on the hot path and make a
-``concurrent.futures.Future`` only for :meth:`Runner.submit`.
+round trip (the loop's, then the caller's), the least a thread hop can cost,
+and the design keeps each as cheap as it can be:
+
+* the loop's wake-up: on asyncio and uvloop, an ``eventfd`` write that the
+  loop watches with ``add_reader`` (``_backends/_wake.py``), where
+  ``call_soon_threadsafe`` would cost a socket ``send``, two ``recv`` calls
+  and a handle with a copied context (or, on uvloop, a loop phase more);
+  Trio: ``TrioToken.run_sync_soon``.  The caller's context is copied in the
+  caller's thread and the task runs in that copy;
+* the task starts eagerly on 3.12+ (its first step runs in the wake-up's
+  callback, not one loop iteration later), unless the loop has a task
+  factory, which is then honoured;
+* the caller's wake-up: a bare ``threading.Lock``.
+  ``asyncio.run_coroutine_threadsafe`` does the same hop through a
+  ``concurrent.futures.Future``, a condition variable and two chained
+  callbacks; we make a ``concurrent.futures.Future`` only for
+  :meth:`Runner.submit`.
+
+Rejected: stepping the coroutine without an asyncio Task (measured: barely
+faster than an eager task, and ``asyncio.current_task()``, timeouts, task
+groups, anyio and portals all need the task).  What remains above the
+floor (``benchmarks/bench_threads.py``) is the loop's own iteration for each
+time the work yields, and the work's task.
 
 The task catches ``BaseException``: a ``KeyboardInterrupt`` or ``SystemExit``
 raised by the work is the caller's to handle, and letting it escape would stop
@@ -65,7 +82,10 @@ exception that a signal handler raises in the waiting thread (a ``SystemExit``
 from a SIGTERM handler, say) is treated the same way.
 
 Known gaps: Trio runners need Trio installed; a Runner's loop thread cannot
-call its own ``run()`` (it raises rather than deadlock).
+call its own ``run()`` (it raises rather than deadlock).  Python 3.10 and
+3.11 have no eager tasks, so a call there waits one loop iteration more
+before its work starts; Windows (and any loop without ``add_reader``) wakes
+the loop with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations

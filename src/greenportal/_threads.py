@@ -17,6 +17,8 @@ Where ``await_`` sends an awaitable when the current task has no portal
 6. Any other thread: the default :class:`~greenportal.Runner`, so every such
    call in the process shares one long-lived loop.
 
+:func:`route` gives the row; :func:`await_without_portal` follows it, and
+so does :func:`home_runner` (which Runner ``blocking()`` pins an object to).
 Rows 1 to 3 are the backends' (``_backends.thread_route``); how the asyncio
 host runs the awaitable inside the starting task, so that its cancellation
 reaches the thread as the native exception, is told in
@@ -58,53 +60,69 @@ T = TypeVar("T")
 # ---------------------------------------------------------------- dispatch
 
 
-def await_without_portal(aw: Awaitable[T]) -> T:
-    """Run *aw* for synchronous code outside any portal (see the module notes)."""
-    route = _backends.thread_route()
-    if route is not None:
-        return route(aw)  # type: ignore[no-any-return]
+# What route() gives: a callable that runs an awaitable on the loop that
+# started this thread (rows 1 to 3 and 5), the name of the loop running in
+# this thread (row 4), or the default Runner (row 6).
+Route = Callable[[Awaitable[Any]], Any] | str | _runner.Runner
+
+
+def route() -> Route:
+    """Where ``await_`` with no portal goes from this thread: the rows of the module notes.
+
+    Raises ``RuntimeError`` in an executor thread whose starting loop cannot
+    be told (row 5).
+    """
+    request = _backends.thread_route()
+    if request is not None:
+        return request
     loop_name = _backends.running_loop_name()
     if loop_name is not None:
+        return loop_name
+    request = _backends.executor_route(_runner.loop_threads)
+    if request is not None:
+        return request
+    return _runner.default_runner()
+
+
+def await_without_portal(aw: Awaitable[T]) -> T:
+    """Run *aw* for synchronous code outside any portal (see the module notes)."""
+    where = route()
+    if isinstance(where, _runner.Runner):
+        _check_future_loop(aw, where, "the default Runner")
+        result: T = _annotate_loop_errors(where.run, aw, "the default Runner's loop")
+        return result
+    if isinstance(where, str):
         # No task runs here (await_slow checked): a loop callback.  greenback's
         # phrase for it (sniffio's) leads, so that patterns written for
         # greenback match.
         lead = "No task is running here (not in async context): "
         raise RuntimeError(
             f"{lead}await_() was called outside any portal on a thread that is running "
-            f"{loop_name}: it cannot block here, since the awaitable needs that very "
+            f"{where}: it cannot block here, since the awaitable needs that very "
             "loop to make progress. Give the calling task a portal ('await "
             "greenportal.ensure_portal()', or 'await greenportal.with_portal_run_sync(fn)'"
             "), or run the sync code in a worker thread with 'await "
             "greenportal.to_thread(fn)'"
         )
-    route = _backends.executor_route(_runner.loop_threads)
-    if route is not None:
-        return route(aw)  # type: ignore[no-any-return]
-    runner = _runner.default_runner()
-    _check_future_loop(aw, runner, "the default Runner")
-    result: T = _annotate_loop_errors(runner.run, aw, "the default Runner's loop")
-    return result
+    return where(aw)  # type: ignore[no-any-return]
 
 
 def home_runner() -> _runner.Runner | None:
     """The Runner whose loop ``await_`` in this thread would use, if it is a Runner's.
 
-    The same rows as :func:`await_without_portal`: a task on a Runner's loop
-    thread gives that Runner; a worker or executor thread of a loop, or a
-    thread running a loop of its own, gives None (their awaits go to that
+    Follows :func:`route`: a thread running a loop (a task on a Runner's
+    loop thread, say) gives the Runner of that loop if there is one; a
+    worker or executor thread of a loop gives None (their awaits go to that
     loop); any other thread gives the default Runner.  ``blocking()`` pins an
     object made here to the Runner returned (see ``_blocking``).
     """
-    if _backends.current_backend() is not None or _backends.running_loop_name() is not None:
-        return _runner.runner_of_this_thread()
-    if _backends.thread_route() is not None:
-        return None
     try:
-        if _backends.executor_route(_runner.loop_threads) is not None:
-            return None
+        where = route()
     except RuntimeError:
         return None  # an executor thread whose loop cannot be told: not ours either
-    return _runner.default_runner()
+    if isinstance(where, str):
+        return _runner.runner_of_this_thread()
+    return where if isinstance(where, _runner.Runner) else None
 
 
 def _check_future_loop(aw: object, runner: _runner.Runner, where: str) -> None:

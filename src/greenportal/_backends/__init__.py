@@ -12,12 +12,12 @@ what a :class:`~greenportal.Runner` needs from a loop it runs on a thread of
 its own, and :class:`LoopEvent` the cross-thread event both hand out.
 
 The implementations are ``_asyncio`` (asyncio, uvloop, anyio on asyncio, with
-``_eager`` and ``_ctask``), ``_trio`` (Trio, anyio on Trio) and ``_anyio``
-(anyio's worker threads).  Outside this package no module of greenportal
-(integrations aside) compares library names, looks for ``trio`` in
-``sys.modules`` or imports an event loop library; ``tests/test_layout.py``
-checks that, and that imports go one way: ``_accel`` <- ``_portal`` <-
-``_backends`` <- the rest <- ``__init__``.
+``_eager``, ``_ctask`` and ``_wake``, the cheap cross-thread wake-up), ``_trio``
+(Trio, anyio on Trio) and ``_anyio`` (anyio's worker threads).  Outside this
+package no module of greenportal (integrations aside) compares library names,
+looks for ``trio`` in ``sys.modules`` or imports an event loop library;
+``tests/test_layout.py`` checks that, and that imports go one way:
+``_accel`` <- ``_portal`` <- ``_backends`` <- the rest <- ``__init__``.
 
 The interfaces are protocols, not base classes: the implementation modules
 import ``_common`` (what they share), never this module, which imports them.

@@ -10,10 +10,16 @@ What lives here
   task" below);
 * :class:`RunnerLoop`: a Runner's event loop on its own thread.
 
-The eager-factory guard (``_eager``) and the checked write into the C Task
-(``_ctask``) are modules of their own, used only from here.  This module is
-imported only once asyncio is (``_backends.get_backend``), so it imports
-asyncio at the top.
+The eager-factory guard (``_eager``), the checked write into the C Task
+(``_ctask``) and the eventfd wake-up channel (``_wake``) are modules of their
+own, used only from here.  This module is imported only once asyncio is
+(``_backends.get_backend``), so it imports asyncio at the top.
+
+Other threads reach a Runner's loop, and the loop of a ``to_thread`` host,
+through the loop's wake-up channel (one per loop, see ``_wake``), or through
+``call_soon_threadsafe`` on a loop that cannot have one; each sender sticks
+to one of the two, so its calls arrive in the order it made them.  On 3.12+
+a Runner's job starts its task eagerly (``RunnerLoop._begin``).
 
 Running the awaitable in the starting task
 ------------------------------------------
@@ -68,7 +74,7 @@ from typing import Any, TypeVar
 from .. import _await
 from .._outcome import Outcome, close_refused
 from .._portal import Portal
-from . import _ctask, _eager
+from . import _ctask, _eager, _wake
 from ._common import (
     Job,
     Spawn,
@@ -82,6 +88,8 @@ from ._common import (
 
 # Eager task factories exist from 3.12 on (see _eager).
 _EAGER: bool = sys.version_info >= (3, 12)
+# loop.create_task(context=) exists from 3.11 on.
+_CREATE_TASK_CONTEXT: bool = sys.version_info >= (3, 11)
 
 # Tasks started by spawn_future, until they are done (see there).
 _detached: set[asyncio.Task[Any]] = set()
@@ -246,6 +254,11 @@ class Host:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        # How the thread wakes the task: the loop's channel (see _wake), or
+        # call_soon_threadsafe where it has none.  Both requests and the
+        # thread's end go the same way, so they arrive in order.
+        channel = _wake.channel_for(loop)
+        self._post = channel.post if channel is not None else _post_threadsafe(loop)
         self.pending: tuple[Awaitable[Any], contextvars.Context] | None = None
         # The reply to the pending request; None while there is none.
         self.answer: Outcome[Any] | None = None
@@ -266,7 +279,7 @@ class Host:
             )
         self.pending = (aw, contextvars.copy_context())
         del aw
-        self.loop.call_soon_threadsafe(self.wake)
+        self._post(Host.wake, self)
         self.reply.acquire()
         answer, self.answer = self.answer, None
         assert answer is not None
@@ -280,9 +293,20 @@ class Host:
     def thread_done(self) -> None:
         self.finished = True
         try:
-            self.loop.call_soon_threadsafe(self.wake)
+            self._post(Host.wake, self)
         except RuntimeError:  # pragma: no cover - the loop closed under us
             pass
+
+
+def _post_threadsafe(
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[Callable[[Any], object], Any], None]:
+    """A channel's post() spelled with call_soon_threadsafe (for loops without a channel)."""
+
+    def post(fn: Callable[[Any], object], arg: Any) -> None:
+        loop.call_soon_threadsafe(fn, arg)
+
+    return post
 
 
 class _InContext:
@@ -466,8 +490,18 @@ def _trio_here(error: BaseException) -> BaseException:
     return error
 
 
+def _call(fn: Callable[[], object]) -> None:
+    fn()
+
+
 class RunnerLoop:
-    """An asyncio event loop running in its own thread, for a Runner."""
+    """An asyncio event loop running in its own thread, for a Runner.
+
+    Invariant: every call from other threads into the loop (``spawn``,
+    ``cancel``, ``call_soon``) goes through ``_channel`` if there is one,
+    else through ``call_soon_threadsafe``, never both; so they run in the
+    order they were made.
+    """
 
     def __init__(
         self, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, debug: bool | None
@@ -480,6 +514,9 @@ class RunnerLoop:
         # Jobs begun and not finished.  Touched on the loop thread only.
         self._jobs: set[Job] = set()
         self._closing = False
+        # How spawn() reaches the loop: an eventfd channel (see _wake), or
+        # None for call_soon_threadsafe.  Set once, before the loop runs.
+        self._channel: _wake.Channel | None = None
 
     def start(self, name: str) -> None:
         ready = threading.Event()
@@ -491,6 +528,7 @@ class RunnerLoop:
                 if self._debug is not None:
                     loop.set_debug(self._debug)
                 asyncio.set_event_loop(loop)
+                self._channel = _wake.open_channel(loop, owned=True)
                 self.loop = loop
                 self.thread_id = threading.get_ident()
             except BaseException as error:
@@ -525,16 +563,43 @@ class RunnerLoop:
         return get_loop is not None and get_loop() is not self.loop
 
     def spawn(self, job: Job) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self._begin, job)
+        # The work runs in a copy of the caller's context, taken here, in
+        # the caller's thread (a posted call carries no context of its own).
+        job.context = contextvars.copy_context()
+        channel = self._channel
+        if channel is not None:
+            channel.post(self._begin, job)
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._begin, job)
 
     def _begin(self, job: Job) -> None:
         if self._closing:
             fail_closed(job, asyncio.CancelledError())
             return
-        assert self.loop is not None
+        loop = self.loop
+        assert loop is not None and job.context is not None
+        context, job.context = job.context, None
         self._jobs.add(job)
-        job.handle = self.loop.create_task(self._drive(job))
+        coro = self._drive(job)
+        try:
+            if _EAGER and loop.get_task_factory() is None:
+                # Eager: the first step runs now, in this callback, not one
+                # loop iteration later; work that finishes without suspending
+                # never goes through the loop's queue at all.
+                job.handle = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
+            elif _CREATE_TASK_CONTEXT:
+                job.handle = loop.create_task(coro, context=context)  # type: ignore[call-arg]
+            else:
+                job.handle = context.run(loop.create_task, coro)
+        except BaseException as error:
+            # No task (a task factory that failed, say): the caller gets the error.
+            self._jobs.discard(job)
+            if not job.started:
+                coro.close()
+                close_refused(job.fn)
+                job.fail(error)
+                job.finish()
 
     async def _drive(self, job: Job) -> None:
         # Cancellation before the task's first step would skip this body and
@@ -561,8 +626,14 @@ class RunnerLoop:
         cancel_job(job, self.call_soon)
 
     def call_soon(self, fn: Callable[[], object]) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn)
+        # Through the same channel as spawn(), when there is one: a cancel()
+        # must not overtake the start of the job it cancels.
+        channel = self._channel
+        if channel is not None:
+            channel.post(_call, fn)
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(fn)
 
     def new_event(self) -> Event:
         assert self.loop is not None
@@ -603,8 +674,12 @@ class RunnerLoop:
 
         loop.call_soon_threadsafe(begin)
         self._thread.join()
-        # Make sure no caller waits for a job that never ran.
+        # Make sure no caller waits for a job that never ran (or was posted
+        # and never reached the loop).
         self._closing = True
-        for job in list(self._jobs):
+        late = self._channel.take_pending() if self._channel is not None else []
+        for job in [*self._jobs, *(arg for arg in late if isinstance(arg, Job))]:
             fail_closed(job, asyncio.CancelledError())
+        if self._channel is not None:
+            self._channel.close()
         loop.close()

@@ -7,6 +7,7 @@ Each backend module imports this one, never the package's ``__init__``
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import inspect
 import os
 import sys
@@ -48,6 +49,7 @@ class Job(Outcome[Any]):
         "args",
         "cancel_requested",
         "closing",
+        "context",
         "done",
         "fn",
         "future",
@@ -72,6 +74,9 @@ class Job(Outcome[Any]):
         self.cancel_requested = False
         self.closing = False  # cancelled by Runner.close
         self.future: concurrent.futures.Future[Any] | None = None
+        # A copy of the caller's context variables, for backends that take
+        # it in the caller's thread (asyncio's RunnerLoop.spawn).
+        self.context: contextvars.Context | None = None
 
     def make_awaitable(self) -> Awaitable[Any]:
         fn, args, kwargs = self.fn, self.args, self.kwargs
@@ -148,11 +153,13 @@ def cancel_job(job: Job, call_soon: Callable[[Callable[[], object]], None]) -> N
     """Cancel *job* on its loop if it runs, or make it fail when it starts (thread-safe).
 
     *call_soon* runs a function on the loop thread.  A job that has not
-    started is only flagged: its task checks the flag first thing.
+    started is only flagged: its task checks the flag first thing.  The flag
+    is set here, in the calling thread, so that a job whose task starts
+    eagerly (asyncio 3.12+), before the queued cancel runs, still sees it.
     """
+    job.cancel_requested = True
 
     def cancel() -> None:
-        job.cancel_requested = True
         if job.started:  # its handle (an asyncio Task or a Trio CancelScope) is live
             job.handle.cancel()
 

@@ -24,8 +24,10 @@ in a worker thread:
    read the loop and the asyncio future from its closure.
 
 Step 1 costs a walk of the frames between ``await_`` and the pool's worker
-(tens of nanoseconds each) on every call; the route found is cached per
-thread for the work item, so step 2 runs once per item.
+(tens of nanoseconds each) on every call, except in the main thread, which
+is never a pool's worker (so a sync program's awaits there do not pay for a
+walk to the bottom of its stack); the route found is cached per thread for
+the work item, so step 2 runs once per item.
 
 Semantics
 ---------
@@ -311,6 +313,8 @@ def _work_item() -> Any:
     """The ThreadPoolExecutor work item this thread is running, or None."""
     if _RUN_CODE is None or "concurrent.futures.thread" not in sys.modules:
         return None
+    if threading.get_ident() == threading.main_thread().ident:
+        return None  # a pool runs its items in threads of its own: skip the walk
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is _RUN_CODE:
