@@ -389,6 +389,11 @@ def test_cancelling_the_future_cancels_the_work(flavor: Flavor, runner: Runner) 
 
 
 def test_cancelled_before_it_starts(runner: Runner) -> None:
+    cancel_before_start(runner)
+
+
+def cancel_before_start(runner: Runner) -> None:
+    """Cancel a job queued behind one that blocks the loop: it never runs."""
     # Keep the loop busy so the next job cannot start before it is cancelled.
     busy, gate = threading.Event(), threading.Event()
 
@@ -409,6 +414,9 @@ def test_cancelled_before_it_starts(runner: Runner) -> None:
     blocker.result(WAIT)
     assert runner.run(add, 1, 1) == 2
     assert ran == []
+    assert future.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result()
 
 
 def test_work_cancelled_on_the_loop_cancels_the_future(flavor: Flavor, runner: Runner) -> None:

@@ -27,6 +27,7 @@ from greenportal import Runner, RunnerClosedError
 from greenportal._backends import _wake
 
 from .conftest import gc_collect_harder, run_python
+from .test_runner import cancel_before_start
 
 WAIT = 10.0
 
@@ -229,25 +230,8 @@ def test_work_runs_in_a_copy_of_the_callers_context(runner: Runner) -> None:
 
 
 def test_cancelled_before_it_starts(runner: Runner) -> None:
-    busy, gate = threading.Event(), threading.Event()
-
-    async def block_loop() -> None:
-        busy.set()
-        gate.wait(WAIT)  # blocks the loop thread on purpose
-
-    ran: list[bool] = []
-
-    async def work() -> None:
-        ran.append(True)
-
-    blocker = runner.submit(block_loop)
-    assert busy.wait(WAIT)
-    future = runner.submit(work)
-    assert future.cancel()
-    gate.set()
-    blocker.result(WAIT)
+    cancel_before_start(runner)
     assert runner.run(_one_yield(2)) == 4
-    assert ran == []
 
 
 def test_cancelling_running_work(runner: Runner) -> None:
