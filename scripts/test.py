@@ -36,6 +36,12 @@ been built.  Then, once, on the newest version found:
   --check``, ``mypy`` and, if ``docs/conf.py`` exists, a warnings-as-errors
   Sphinx build.
 
+Each venv is built in the background while the tests before it run (the
+first one before anything else; ``--serial`` builds each where it is
+needed); the Trio-less and lint venvs reuse the C extension that the newest
+Python's test venv built in ``src/`` (``GREENPORTAL_NO_EXTENSION=1``), so
+that no install rewrites it while a run has it loaded.
+
 Every step runs even if an earlier one failed; a summary table follows, and
 the exit status is 1 if any step failed (pytest collecting no test counts as
 a failure).  Standard library only: needs nothing but a python3 to start.
@@ -43,7 +49,8 @@ a failure).  Standard library only: needs nothing but a python3 to start.
 Options:
     --quick     test only the newest Python found (lint still runs)
     --no-lint   skip ruff, mypy and the docs build
-    --serial    run each pure-Python suite after its compiled one, not beside it
+    --serial    run each pure-Python suite after its compiled one, not beside it,
+                and build each venv where it is needed
 """
 
 from __future__ import annotations
@@ -151,7 +158,7 @@ def execute(
     """Run *cmd* in the repo root, streaming its output (or into *log*); return its exit code."""
     if not quiet:
         say("$ " + shlex.join(cmd))
-    out = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed below
+    out = open(log, "ab") if log is not None else None  # noqa: SIM115 - closed below
     try:
         proc = subprocess.Popen(
             cmd,
@@ -422,39 +429,112 @@ def venv_matches(venv: Path, python: Python) -> bool:
 def make_venv(name: str, python: Python, venv: Path, groups: str) -> Path | None:
     """Create or reuse *venv* from *python*; install ``-e .`` and the dependency
     *groups* (comma-separated) with pip's ``--group``; None on failure."""
-    banner(name)
-    start = time.monotonic()
-    env = venv_env(None)
+    return VenvBuild(name, python, venv, groups, background=False).finish()
 
-    def fail(note: str) -> None:
-        record(Step(name, "FAIL", time.monotonic() - start, note))
 
-    how = "reused"
-    if venv_matches(venv, python):
-        say(f"reusing {venv.name} (Python {python.full_version})")
-    else:
-        how = "created"
-        say(f"creating {venv.name} with {python.executable} (Python {python.full_version})")
-        rc = execute([python.executable, "-m", "venv", "--clear", str(venv)], env=env, timeout=300)
+class VenvBuild:
+    """:func:`make_venv`, here or in a thread (*background*), recorded at :meth:`finish`.
+
+    In the background its output goes to a file, shown by :meth:`finish`:
+    the next Python's venv is built while the current one's tests run
+    (pip is mostly waiting on the disk, and one core is often idle at the
+    end of a version's runs), so no run waits for an install.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        python: Python,
+        venv: Path,
+        groups: str,
+        *,
+        background: bool,
+        reuse_extension: bool = False,
+    ) -> None:
+        self.name = name
+        # Build no C extension (GREENPORTAL_NO_EXTENSION): the editable
+        # install finds the one that the same Python's test venv built in
+        # src/.  Two installs for one Python would each rewrite that file,
+        # maybe while a test run or another install reads it.
+        self.reuse_extension = reuse_extension
+        self.python = python
+        self.venv = venv
+        self.groups = groups
+        self.log = REPORTS / f"{venv.name}-{time.monotonic_ns()}.log" if background else None
+        self.outcome: tuple[str, str] = ("FAIL", "not run")
+        self.seconds = 0.0
+        self.thread: threading.Thread | None = None
+        if background:
+            self.thread = threading.Thread(target=self._build, daemon=True)
+            self.thread.start()
+        else:
+            banner(name)
+            self._build()
+
+    def _say(self, text: str) -> None:
+        if self.log is None:
+            say(text)
+        else:
+            with open(self.log, "a", encoding="utf-8") as out:
+                out.write(text + "\n")
+
+    def _execute(self, cmd: list[str], env: dict[str, str], timeout: float) -> int | str:
+        if self.log is not None:
+            self._say("$ " + shlex.join(cmd))
+        return execute(cmd, env=env, timeout=timeout, log=self.log, quiet=self.log is not None)
+
+    def _build(self) -> None:
+        start = time.monotonic()
+        try:
+            self.outcome = self._steps()
+        except Exception as error:  # reported as the step's failure
+            self.outcome = ("FAIL", f"{type(error).__name__}: {error}")
+        self.seconds = time.monotonic() - start
+
+    def _steps(self) -> tuple[str, str]:
+        python, venv = self.python, self.venv
+        env = venv_env(None)
+        how = "reused"
+        if venv_matches(venv, python):
+            self._say(f"reusing {venv.name} (Python {python.full_version})")
+        else:
+            how = "created"
+            self._say(
+                f"creating {venv.name} with {python.executable} (Python {python.full_version})"
+            )
+            cmd = [python.executable, "-m", "venv", "--clear", str(venv)]
+            rc = self._execute(cmd, env, 300)
+            if rc != 0:
+                hint = ""
+                if not IS_WINDOWS and python.executable.startswith("/usr/"):
+                    hint = f"; on Debian/Ubuntu: apt-get install python{python.version}-venv"
+                return "FAIL", f"venv creation failed ({rc}){hint}"
+        py = str(venv_python(venv))
+        # Every time, reused venvs too: --group needs pip 25.1 or later.
+        self._execute([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], env, 300)
+        groups = group_options(self.groups)
+        install_env = venv_env(venv)
+        if self.reuse_extension:
+            install_env["GREENPORTAL_NO_EXTENSION"] = "1"
+        rc = self._execute(
+            [py, "-m", "pip", "install", "-q", "-e", ".", *groups], install_env, INSTALL_TIMEOUT
+        )
         if rc != 0:
-            hint = ""
-            if not IS_WINDOWS and python.executable.startswith("/usr/"):
-                hint = f"; on Debian/Ubuntu: apt-get install python{python.version}-venv"
-            fail(f"venv creation failed ({rc}){hint}")
-            return None
-    py = str(venv_python(venv))
-    # Every time, reused venvs too: --group needs pip 25.1 or later.
-    execute([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], env=env, timeout=300)
-    rc = execute(
-        [py, "-m", "pip", "install", "-q", "-e", ".", *group_options(groups)],
-        env=venv_env(venv),
-        timeout=INSTALL_TIMEOUT,
-    )
-    if rc != 0:
-        fail(f"pip install -e . {' '.join(group_options(groups))} failed ({rc})")
-        return None
-    record(Step(name, "PASS", time.monotonic() - start, f"{how} {venv.name}"))
-    return venv
+            return "FAIL", f"pip install -e . {' '.join(groups)} failed ({rc})"
+        return "PASS", f"{how} {venv.name}"
+
+    def finish(self) -> Path | None:
+        """Wait for the build, show its output if it ran in the background, record it."""
+        if self.thread is not None:
+            banner(self.name)
+            self.thread.join()
+            say("(built in the background, beside the earlier steps)")
+            if self.log is not None and self.log.exists():
+                for line in self.log.read_text(errors="replace").splitlines():
+                    say(line)
+        status, note = self.outcome
+        record(Step(self.name, status, self.seconds, note))
+        return self.venv if status == "PASS" else None
 
 
 # --- the check ---------------------------------------------------------------
@@ -572,6 +652,21 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
         elif version not in selected:
             say(f"skipping {version}: --quick tests only the newest ({newest.version})")
 
+    # Each venv is built in the background while the tests before it run
+    # (the first one alone, before anything else): the pip installs then
+    # cost no wall time.  --serial builds each where it is needed.
+    def build(version: str) -> VenvBuild:
+        return VenvBuild(
+            f"venv {version}: install -e . --group test",
+            found[version],
+            ROOT / f".venv-test-{version}",
+            "test",
+            background=not args.serial,
+        )
+
+    order = [v for v in VERSIONS if v in selected]
+    builds = {order[0]: build(order[0])} if order else {}
+    side_venvs: dict[str, VenvBuild] = {}
     for version in VERSIONS:
         name = f"pytest {version}"
         if version in missing:
@@ -581,12 +676,13 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
             skip(name, "--quick")
             continue
         python = found[version]
-        venv = make_venv(
-            f"venv {version}: install -e . --group test",
-            python,
-            ROOT / f".venv-test-{version}",
-            "test",
-        )
+        venv = builds.pop(version).finish()
+        later = order[order.index(version) + 1 :]
+        if later:
+            builds[later[0]] = build(later[0])
+        elif not args.serial:
+            # The last Python: the Trio-less and the lint venvs come next.
+            side_venvs = start_side_venvs(newest, lint=not args.no_lint)
         if venv is None:
             skip(name, "its venv failed")
             if version == newest.version:
@@ -625,7 +721,9 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
         if version == newest.version:
             # The Trio-less suite runs beside the -O run and the memory
             # slices (two cores; each is one busy process).
-            without_trio = run_without_trio(newest, pytest_args, serial=args.serial)
+            without_trio = run_without_trio(
+                newest, pytest_args, serial=args.serial, build=side_venvs.get("notrio")
+            )
             step(
                 f"pytest -O {version}",
                 [py, "-O", "-m", "pytest", *QUIET_OPTIMIZE_WARNING, "-q", "-k", "ctask or await"],
@@ -638,7 +736,7 @@ def run_all(args: argparse.Namespace, pytest_args: list[str]) -> None:
 
     wheel = test_built_wheel(newest, require, serial=args.serial)
     try:
-        run_lint(args, newest)
+        run_lint(args, newest, build=side_venvs.get("lint"))
     finally:
         if wheel is not None:
             wheel.join()
@@ -665,18 +763,53 @@ def test_built_wheel(python: Python, require: dict[str, str], *, serial: bool) -
     )
 
 
-def run_lint(args: argparse.Namespace, newest: Python) -> None:
+LINT_VENV = "venv lint ({}): install -e . --group lint --group docs"
+NOTRIO_VENV = "venv {} without trio: install -e . --group test-asyncio"
+
+
+def start_side_venvs(newest: Python, *, lint: bool) -> dict[str, VenvBuild]:
+    """Start building the Trio-less venv and (with *lint*) the lint venv, in the background.
+
+    Called once the newest Python's test venv is built: both reuse the C
+    extension that it built (``reuse_extension``).
+    """
+    builds = {
+        "notrio": VenvBuild(
+            NOTRIO_VENV.format(newest.version),
+            newest,
+            ROOT / ".venv-notrio",
+            "test-asyncio",
+            background=True,
+            reuse_extension=True,
+        )
+    }
+    if lint:
+        builds["lint"] = VenvBuild(
+            LINT_VENV.format(newest.version),
+            newest,
+            ROOT / ".venv-lint",
+            "lint,docs",
+            background=True,
+            reuse_extension=True,
+        )
+    return builds
+
+
+def run_lint(args: argparse.Namespace, newest: Python, *, build: VenvBuild | None) -> None:
     lint_steps = ["ruff check", "ruff format --check", "mypy", "sphinx docs"]
     if args.no_lint:
         for name in lint_steps:
             skip(name, "--no-lint")
         return
-    venv = make_venv(
-        f"venv lint ({newest.version}): install -e . --group lint --group docs",
-        newest,
-        ROOT / ".venv-lint",
-        "lint,docs",
-    )
+    if build is None:
+        build = VenvBuild(
+            LINT_VENV.format(newest.version),
+            newest,
+            ROOT / ".venv-lint",
+            "lint,docs",
+            background=False,
+        )
+    venv = build.finish()
     if venv is None:
         for name in lint_steps:
             skip(name, "lint venv failed")
@@ -694,18 +827,24 @@ def run_lint(args: argparse.Namespace, newest: Python) -> None:
         skip("sphinx docs", "no docs/conf.py")
 
 
-def run_without_trio(python: Python, pytest_args: list[str], *, serial: bool) -> Background | None:
+def run_without_trio(
+    python: Python, pytest_args: list[str], *, serial: bool, build: VenvBuild | None
+) -> Background | None:
     """Start the suite with Trio not installed (greenportal must not need it).
 
     It runs in the background: the caller joins it.  None if its venv failed.
+    *build* is its venv's build, if it was started earlier.
     """
     name = f"pytest {python.version}, no trio"
-    venv = make_venv(
-        f"venv {python.version} without trio: install -e . --group test-asyncio",
-        python,
-        ROOT / ".venv-notrio",
-        "test-asyncio",
-    )
+    if build is None:
+        build = VenvBuild(
+            NOTRIO_VENV.format(python.version),
+            python,
+            ROOT / ".venv-notrio",
+            "test-asyncio",
+            background=False,
+        )
+    venv = build.finish()
     if venv is None:
         skip(name, "its venv failed")
         return None
