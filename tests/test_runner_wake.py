@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import os
+import selectors
 import sys
 import threading
 import time
@@ -349,6 +350,44 @@ def test_work_that_does_not_suspend_is_done_when_begun(loop_factory: Any) -> Non
         finished, done_later = runner.run(begin_here())
         assert finished is (sys.version_info >= (3, 12))
         assert done_later
+
+
+class _CountingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The default selector, counting its polls (one per loop iteration)."""
+
+    polls = 0
+
+    def select(self, timeout: float | None = None) -> Any:
+        type(self).polls += 1
+        return super().select(timeout)
+
+
+def test_a_jobs_first_step_runs_in_the_wake_up_on_every_python() -> None:
+    # On an asyncio loop a job does not wait a loop iteration for its first
+    # step: eagerly on 3.12+, and on 3.10/3.11 by running the step the task
+    # queued (_asyncio._step_now).  Work that never suspends then costs one
+    # poll per call (the one that waits for the call), work that yields once
+    # two; waiting an iteration more would add one to each.
+    _CountingSelector.polls = 0
+
+    def factory() -> asyncio.AbstractEventLoop:
+        return asyncio.SelectorEventLoop(_CountingSelector())
+
+    async def done() -> str:
+        return "done"
+
+    async def one_yield() -> str:
+        await asyncio.sleep(0)
+        return "yielded"
+
+    with Runner(loop_factory=factory) as runner:
+        for work, polls_each in ((done, 1), (one_yield, 2)):
+            runner.run(work)  # the loop is idle and waiting again after this
+            before = _CountingSelector.polls
+            for _ in range(50):
+                assert runner.run(work) in ("done", "yielded")
+            # (A spurious wake-up or two is allowed for.)
+            assert _CountingSelector.polls - before <= 50 * polls_each + 2
 
 
 # -- to_thread hosts ------------------------------------------------------------

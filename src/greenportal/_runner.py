@@ -24,9 +24,13 @@ and the design keeps each as cheap as it can be:
   and a handle with a copied context (or, on uvloop, a loop phase more);
   Trio: ``TrioToken.run_sync_soon``.  The caller's context is copied in the
   caller's thread and the task runs in that copy;
-* the task starts eagerly on 3.12+ (its first step runs in the wake-up's
-  callback, not one loop iteration later), unless the loop has a task
-  factory, which is then honoured;
+* the task's first step runs in the wake-up's callback, not one loop
+  iteration later: on 3.12+ the task starts eagerly, unless the loop has a
+  task factory, which is then honoured; where there is no eager start (3.10,
+  3.11, a task factory) and the loop is asyncio's own, the step that the new
+  task queued is taken off the end of the loop's queue and run there and
+  then (``_backends/_asyncio._step_now``; uvloop keeps its queue out of
+  reach, and waits the iteration);
 * the caller's wake-up: a bare ``threading.Lock``.
   ``asyncio.run_coroutine_threadsafe`` does the same hop through a
   ``concurrent.futures.Future``, a condition variable and two chained
@@ -82,10 +86,10 @@ exception that a signal handler raises in the waiting thread (a ``SystemExit``
 from a SIGTERM handler, say) is treated the same way.
 
 Known gaps: Trio runners need Trio installed; a Runner's loop thread cannot
-call its own ``run()`` (it raises rather than deadlock).  Python 3.10 and
-3.11 have no eager tasks, so a call there waits one loop iteration more
-before its work starts; Windows (and any loop without ``add_reader``) wakes
-the loop with ``call_soon_threadsafe``.
+call its own ``run()`` (it raises rather than deadlock).  On uvloop before
+3.12 a call waits one loop iteration more before its work starts; Windows
+(and any loop without ``add_reader``) wakes the loop with
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations

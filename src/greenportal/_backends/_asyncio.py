@@ -18,8 +18,9 @@ own, used only from here.  This module is imported only once asyncio is
 Other threads reach a Runner's loop, and the loop of a ``to_thread`` host,
 through the loop's wake-up channel (one per loop, see ``_wake``), or through
 ``call_soon_threadsafe`` on a loop that cannot have one; each sender sticks
-to one of the two, so its calls arrive in the order it made them.  On 3.12+
-a Runner's job starts its task eagerly (``RunnerLoop._begin``).
+to one of the two, so its calls arrive in the order it made them.  A
+Runner's job runs its first step in the wake-up's callback
+(``RunnerLoop._begin``): eagerly on 3.12+, through :func:`_step_now` before.
 
 Running the awaitable in the starting task
 ------------------------------------------
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.tasks
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -494,6 +496,36 @@ def _call(fn: Callable[[], object]) -> None:
     fn()
 
 
+def _ready_queue(loop: asyncio.AbstractEventLoop) -> collections.deque[Any] | None:
+    """The queue of callbacks of a pure-Python asyncio *loop*, or None (see _step_now)."""
+    ready = getattr(loop, "_ready", None) if isinstance(loop, asyncio.BaseEventLoop) else None
+    return ready if type(ready) is collections.deque else None
+
+
+def _step_now(loop: asyncio.AbstractEventLoop, ready: collections.deque[Any], task: object) -> None:
+    """Run *task*'s first step now, if it is the last callback in *loop*'s *ready* queue.
+
+    Without eager tasks (3.10, 3.11, or a loop with a task factory), a new
+    task's first step waits for the next loop iteration: a selector poll and
+    a pass over the loop's queue before the work begins.  A pure-Python
+    asyncio loop keeps that queue in ``_ready`` (:func:`_ready_queue`); when
+    the step that the task just queued is its last entry, this takes it out
+    and runs it here, as an eager start would.  Other loops (uvloop has no
+    ``_ready``) and anything else at the end of the queue are left alone:
+    the step then runs when the loop gets to it.
+    """
+    if not ready or asyncio.current_task(loop) is not None:
+        # (Inside another task's step, the new task could not enter.)
+        return
+    handle = ready[-1]
+    if type(handle) is not asyncio.Handle or handle.cancelled():
+        return
+    if getattr(getattr(handle, "_callback", None), "__self__", None) is not task:
+        return
+    ready.pop()
+    handle._run()
+
+
 class RunnerLoop:
     """An asyncio event loop running in its own thread, for a Runner.
 
@@ -517,6 +549,9 @@ class RunnerLoop:
         # How spawn() reaches the loop: an eventfd channel (see _wake), or
         # None for call_soon_threadsafe.  Set once, before the loop runs.
         self._channel: _wake.Channel | None = None
+        # The loop's queue of callbacks, if _step_now can use it.  Set once,
+        # before the loop runs.
+        self._ready: collections.deque[Any] | None = None
 
     def start(self, name: str) -> None:
         ready = threading.Event()
@@ -529,6 +564,7 @@ class RunnerLoop:
                     loop.set_debug(self._debug)
                 asyncio.set_event_loop(loop)
                 self._channel = _wake.open_channel(loop, owned=True)
+                self._ready = _ready_queue(loop)
                 self.loop = loop
                 self.thread_id = threading.get_ident()
             except BaseException as error:
@@ -592,6 +628,8 @@ class RunnerLoop:
                 job.handle = loop.create_task(coro, context=context)  # type: ignore[call-arg]
             else:
                 job.handle = context.run(loop.create_task, coro)
+            if self._ready is not None and not job.started:
+                _step_now(loop, self._ready, job.handle)
         except BaseException as error:
             # No task (a task factory that failed, say): the caller gets the error.
             self._jobs.discard(job)
