@@ -533,6 +533,8 @@ class VenvBuild:
                 for line in self.log.read_text(errors="replace").splitlines():
                     say(line)
         status, note = self.outcome
+        if self.thread is not None:
+            note += ", in the background"
         record(Step(self.name, status, self.seconds, note))
         return self.venv if status == "PASS" else None
 
