@@ -22,6 +22,7 @@ import asyncio.tasks
 import gc
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +199,13 @@ def run_python(
 
 def gc_collect_harder() -> None:
     # Several passes: finalizers that run in one pass can free more in the next.
+    # A millisecond between them lets other threads (a worker returning from
+    # its last call, a loop thread finishing a callback) drop what they still
+    # hold: with the heap frozen (pytest_collection_finish) a pass takes well
+    # under that, too short for another thread to get the GIL in.
     for _ in range(5):
         gc.collect()
+        time.sleep(0.001)
 
 
 # --- a throwaway PostgreSQL server for the integration tests -------------------

@@ -14,6 +14,8 @@ import pytest
 import greenportal
 from greenportal import LoopExecutor, await_
 
+from .test_runner_wake import _CountingSelector
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -69,6 +71,36 @@ def test_awaits_the_starting_loops_queue(aio_backend: Any, how: str) -> None:
         assert len(ticks) == 5
 
     aio_backend.run(main)
+
+
+@pytest.mark.parametrize("how", ["to_thread", "run_in_executor"])
+def test_each_await_costs_two_polls_of_the_loop(how: str) -> None:
+    # After the first, the thread's requests reach the loop through its
+    # wake-up channel, each one's first step runs in the wake-up (eagerly,
+    # or through _asyncio._step_now), and the thread is released from there.
+    # Awaiting a coroutine that never suspends then costs two polls of the
+    # selector: the wake-up's, and the one before the task's done callback
+    # (after the thread has gone on).  Through call_soon_threadsafe, a task
+    # that waited an iteration for its first step and a release in the done
+    # callback, it cost three.
+    _CountingSelector.polls = 0
+
+    async def done() -> int:
+        return 1
+
+    def work() -> int:
+        assert await_(done()) == 1  # (this one opens the channel)
+        before = _CountingSelector.polls
+        for _ in range(50):
+            assert await_(done()) == 1
+        return _CountingSelector.polls - before
+
+    loop = asyncio.SelectorEventLoop(_CountingSelector())
+    try:
+        polls = loop.run_until_complete(_through(how, work))
+    finally:
+        loop.close()
+    assert polls <= 2 * 50 + 5
 
 
 @pytest.mark.parametrize("thread_sensitive", [True, False])

@@ -71,7 +71,7 @@ import threading
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .. import _await
 from .._outcome import Outcome, close_refused
@@ -496,6 +496,42 @@ def _call(fn: Callable[[], object]) -> None:
     fn()
 
 
+class _Startable(Protocol):
+    started: bool  # set by the first step of the task's coroutine
+
+
+def start_task(
+    loop: asyncio.AbstractEventLoop,
+    ready: collections.deque[Any] | None,
+    coro: Coroutine[Any, Any, None],
+    context: contextvars.Context | None,
+    unit: _Startable,
+) -> asyncio.Task[None]:
+    """The task of a call handed to *loop* from another thread, its first step run now.
+
+    For a Runner's job and for an executor thread's ``await_`` (*unit*,
+    whose ``started`` the coroutine's first step sets).  The first step runs
+    in the callback that received the call, not one loop iteration later: on
+    3.12+ the task starts eagerly, unless the loop has a task factory, which
+    is then honoured; otherwise, on a loop whose queue is *ready*
+    (:func:`_ready_queue`), :func:`_step_now` runs the step the task queued.
+    Work that finishes without suspending then never waits for the loop.
+    *context*: the task's context (None: a copy of the current one).
+    """
+    task: asyncio.Task[None]
+    if _EAGER and loop.get_task_factory() is None:
+        task = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
+    elif _CREATE_TASK_CONTEXT:
+        task = loop.create_task(coro, context=context)  # type: ignore[call-arg]
+    elif context is not None:
+        task = context.run(loop.create_task, coro)
+    else:
+        task = loop.create_task(coro)
+    if ready is not None and not unit.started:
+        _step_now(loop, ready, task)
+    return task
+
+
 def _ready_queue(loop: asyncio.AbstractEventLoop) -> collections.deque[Any] | None:
     """The queue of callbacks of a pure-Python asyncio *loop*, or None (see _step_now)."""
     ready = getattr(loop, "_ready", None) if isinstance(loop, asyncio.BaseEventLoop) else None
@@ -619,17 +655,7 @@ class RunnerLoop:
         self._jobs.add(job)
         coro = self._drive(job)
         try:
-            if _EAGER and loop.get_task_factory() is None:
-                # Eager: the first step runs now, in this callback, not one
-                # loop iteration later; work that finishes without suspending
-                # never goes through the loop's queue at all.
-                job.handle = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
-            elif _CREATE_TASK_CONTEXT:
-                job.handle = loop.create_task(coro, context=context)  # type: ignore[call-arg]
-            else:
-                job.handle = context.run(loop.create_task, coro)
-            if self._ready is not None and not job.started:
-                _step_now(loop, self._ready, job.handle)
+            job.handle = start_task(loop, self._ready, coro, context, job)
         except BaseException as error:
             # No task (a task factory that failed, say): the caller gets the error.
             self._jobs.discard(job)

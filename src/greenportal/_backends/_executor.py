@@ -42,6 +42,17 @@ once.  Unlike :func:`greenportal.to_thread`, the starting task does not wait
 for the thread: asyncio lets a cancelled ``run_in_executor`` call return at
 once and the thread runs on.
 
+The hop to the loop
+-------------------
+A request reaches the loop with ``call_soon_threadsafe`` the first time,
+and through the loop's wake-up channel (``_wake``, opened there by that
+first request) from then on; the awaitable's task takes its first step in
+that callback (``_asyncio.start_task``: eagerly on 3.12+, by
+``_asyncio._step_now`` before), and the thread is released as the
+awaitable ends, not from the task's done callback an iteration later.  An
+awaitable that never suspends thus costs one loop wake-up, as a Runner call
+does.
+
 Never a silent wrong loop
 -------------------------
 A worker whose item was not chained by ``run_in_executor`` (a plain
@@ -168,7 +179,10 @@ class LoopRoute:
         "in_context",
         "item",
         "loop",
+        "post",
+        "ready",
         "source",
+        "start_task",
         "undelivered",
         "watching",
     )
@@ -182,7 +196,15 @@ class LoopRoute:
         from . import _asyncio  # (asyncio is loaded: a loop of it started this work)
 
         self.in_context = _asyncio._InContext
+        self.start_task = _asyncio.start_task
         self.loop = loop
+        # The loop's queue, for start_task (read-only here).
+        self.ready = _asyncio._ready_queue(loop)
+        # How requests reach the loop: call_soon_threadsafe until the first
+        # one has run there, then the loop's wake-up channel, if it has one
+        # (see _wake; it is opened on the loop's thread).  Requests are one
+        # at a time (the thread waits for each), so switching keeps order.
+        self.post: Callable[[Callable[[Any], object], Any], None] | None = None
         self.destination = destination
         # The work item (weakly), to tell whether a cached route is this item's.
         self.item: Callable[[], object] | None = None
@@ -219,8 +241,12 @@ class LoopRoute:
             )
         call = _Call(aw, contextvars.copy_context())
         del aw
+        post = self.post
         try:
-            loop.call_soon_threadsafe(self._begin, call)
+            if post is not None:
+                post(self._begin, call)
+            else:
+                loop.call_soon_threadsafe(self._begin, call)
         except RuntimeError:
             close_refused(call.aw)
             raise
@@ -236,6 +262,12 @@ class LoopRoute:
     # -- on the loop thread
 
     def _begin(self, call: _Call) -> None:
+        if self.post is None:
+            from . import _wake
+
+            channel = _wake.channel_for(self.loop)
+            if channel is not None:
+                self.post = channel.post
         if not self.watching:
             self.watching = True
             self._watch()
@@ -246,8 +278,11 @@ class LoopRoute:
             call.error = sys.modules["asyncio"].CancelledError()
             call.done.release()
             return
-        task = self.loop.create_task(self._drive(call))
-        if not task.done():  # (an eager task may have finished already)
+        # The first step runs here where it can (start_task).  The task's
+        # context is the loop's; each step of the awaitable runs in the
+        # thread's (in_context).
+        task = self.start_task(self.loop, self.ready, self._drive(call), None, call)
+        if not task.done():  # (it may have finished already)
             self.current = task
         task.add_done_callback(lambda _: self._ended(call))
 
@@ -285,6 +320,9 @@ class LoopRoute:
             call.error = error
         finally:
             del aw
+            # The thread goes on now, not when the task's done callbacks
+            # run (a loop iteration later).
+            call.done.release()
 
     def _ended(self, call: _Call) -> None:
         if self.current is not None and self.current.done():
@@ -293,7 +331,7 @@ class LoopRoute:
             close_refused(call.aw)
             call.aw = None
             call.error = sys.modules["asyncio"].CancelledError()
-        call.done.release()
+            call.done.release()
 
 
 # -- finding the route ------------------------------------------------------------
