@@ -12,6 +12,7 @@ import inspect
 import os
 import sys
 import threading
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
@@ -86,7 +87,7 @@ class Job(Outcome[Any]):
         if not callable(fn):
             return fn  # type: ignore[no-any-return]
         aw = fn(*args, **kwargs)
-        if not inspect.isawaitable(aw):
+        if type(aw) is not types.CoroutineType and not inspect.isawaitable(aw):
             raise TypeError(
                 f"Runner.run() expected an async function, but {fn!r} returned "
                 f"{type(aw).__qualname__!r}, which is not awaitable"
