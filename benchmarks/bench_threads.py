@@ -10,6 +10,8 @@ the spread of the per-round medians; all implementations interleaved round
 by round in this one process):
 
 * two thread wake-ups: the floor;
+* a bare hop (an eventfd the loop watches, a task per call, a lock): no
+  library, the least a hop with a task per call costs on the loop measured;
 * sync caller -> loop thread: ``greenportal.Runner.run``, ``greenportal.await_``
   in a thread with no loop (the default Runner, here the one being measured,
   set with ``set_default_runner``), the thread-runner
@@ -34,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import os
 import statistics
 import sys
 import threading
@@ -94,6 +98,58 @@ class ThreadRunnerPattern:
         self.loop.close()
 
 
+BARE = "bare hop: eventfd, a task, a lock"
+
+
+class BareHop:
+    """The least a hop with a task per call costs on this loop: the reference row.
+
+    No library: the caller appends a lock to a deque and writes an eventfd
+    that the loop watches with ``add_reader``; the reader callback starts a
+    task per call with ``loop.create_task``, and the task releases the lock
+    when the work ends.  No error handling, no cancellation, no context,
+    no eager start: what is left is the loop's own cost of a task that
+    yields once.  (A pipe where there is no eventfd.)
+    """
+
+    def __init__(self, loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        if hasattr(os, "eventfd"):
+            self.read_fd = self.write_fd = os.eventfd(0, os.EFD_NONBLOCK)
+        else:  # pragma: no cover - not Linux
+            self.read_fd, self.write_fd = os.pipe()
+            os.set_blocking(self.read_fd, False)
+        self.calls: collections.deque[threading.Lock] = collections.deque()
+        self.loop = loop_factory()
+        self.loop.add_reader(self.read_fd, self._drain)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        os.read(self.read_fd, 8)
+        while self.calls:
+            self.loop.create_task(self._drive(self.calls.popleft()))
+
+    @staticmethod
+    async def _drive(done: threading.Lock) -> None:
+        await checkpoint()
+        done.release()
+
+    def call(self) -> None:
+        done = threading.Lock()
+        done.acquire()
+        self.calls.append(done)
+        os.write(self.write_fd, b"\1\0\0\0\0\0\0\0")
+        done.acquire()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.remove_reader(self.read_fd)
+        self.loop.close()
+        for fd in {self.read_fd, self.write_fd}:
+            os.close(fd)
+
+
 def build_callers(
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
 ) -> tuple[dict[str, Callable[[], object]], list[Callable[[], None]], list[str]]:
@@ -107,6 +163,10 @@ def build_callers(
     previous = greenportal.set_default_runner(runner)
     callers["greenportal await_, no loop"] = lambda: greenportal.await_(checkpoint())
     closers.append(lambda: greenportal.set_default_runner(previous))
+
+    bare = BareHop(loop_factory)
+    callers[BARE] = bare.call
+    closers.append(bare.close)
 
     pattern = ThreadRunnerPattern(loop_factory)
     callers["thread-runner pattern"] = pattern.call
@@ -241,12 +301,12 @@ def main() -> None:
             f"  x{med / ours:5.2f}"
         )
     print()
-    for name in ("greenportal Runner.run", "greenportal await_, no loop"):
+    for name in ("greenportal Runner.run", "greenportal await_, no loop", BARE):
         print(f"  {name} = {statistics.median(samples[name]) / floor:.2f}x the two-wake-up floor")
     fastest_peer = min(
         (statistics.median(v), k)
         for k, v in samples.items()
-        if not k.startswith("greenportal") and k != "two thread wake-ups (floor)"
+        if not k.startswith("greenportal") and k not in ("two thread wake-ups (floor)", BARE)
     )
     verdict = "PASS" if ours <= fastest_peer[0] else "MISS"
     print(
