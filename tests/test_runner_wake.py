@@ -137,6 +137,29 @@ def test_a_call_posted_while_draining_runs_on_a_later_wake_up(
     assert order == ["first returned", "second"]
 
 
+def test_posted_calls_run_in_an_empty_context(loop_factory: Any) -> None:
+    # Not in a copy of the context the channel was opened in (a to_thread
+    # host's task, say), which the loop would otherwise keep with its reader.
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    loop = loop_factory()
+    seen: list[str] = []
+
+    async def open_here() -> _wake.Channel | None:
+        var.set("the opener's")
+        return _wake.channel_for(loop)
+
+    try:
+        channel = loop.run_until_complete(open_here())
+        assert channel is not None
+        channel.post(lambda _: seen.append(var.get()), None)
+        channel.post(lambda _: loop.stop(), None)
+        loop.run_forever()
+        channel.close()
+    finally:
+        loop.close()
+    assert seen == ["unset"]
+
+
 def test_pending_calls_are_handed_back_and_close_releases_the_descriptors() -> None:
     loop = asyncio.new_event_loop()
     channel = _wake.open_channel(loop, owned=False)

@@ -33,7 +33,7 @@ whose selector holds it.  The descriptors are closed only when the channel
 is collected, so a thread that still holds it and posts late writes into
 our own descriptor, never into a file that reused its number.
 
-Unlike ``call_soon_threadsafe`` a posted call runs in the loop's context,
+Unlike ``call_soon_threadsafe`` a posted call runs in an empty context,
 not a copy of the poster's: the poster passes what it needs (the Runner
 copies the caller's context into the job).  Posted calls and
 ``call_soon_threadsafe`` callbacks are not ordered with each other.
@@ -53,6 +53,7 @@ selector still watches would invite a reused number).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import weakref
 from collections import deque
@@ -187,7 +188,11 @@ def open_channel(loop: Any, *, owned: bool) -> Channel | None:
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
     try:
-        channel = Channel(loop, read_fd, write_fd)
+        # In an empty context: the loop runs the reader in a copy of the
+        # context it was added in, which would otherwise be the first
+        # caller's (a to_thread host task, an executor thread's call), and
+        # would keep that caller's context variables alive with the loop.
+        channel = contextvars.Context().run(Channel, loop, read_fd, write_fd)
     except (NotImplementedError, RuntimeError, OSError, AttributeError):
         for fd in {read_fd, write_fd}:
             os.close(fd)
