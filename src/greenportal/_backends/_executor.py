@@ -279,8 +279,8 @@ class LoopRoute:
             call.done.release()
             return
         # The first step runs here where it can (start_task).  The task's
-        # context is the loop's; each step of the awaitable runs in the
-        # thread's (in_context).
+        # own context (a copy of this callback's) holds nothing of ours:
+        # each step of the awaitable runs in the thread's (in_context).
         task = self.start_task(self.loop, self.ready, self._drive(call), None, call)
         if not task.done():  # (it may have finished already)
             self.current = task
