@@ -769,32 +769,33 @@ LINT_VENV = "venv lint ({}): install -e . --group lint --group docs"
 NOTRIO_VENV = "venv {} without trio: install -e . --group test-asyncio"
 
 
+def side_venv(kind: str, newest: Python, *, background: bool) -> VenvBuild:
+    """The build of the Trio-less (*kind* "notrio") or the lint venv, on the newest Python.
+
+    Both reuse the C extension that the newest Python's test venv built
+    (``reuse_extension``): they are built after it.
+    """
+    name, venv, groups = {
+        "notrio": (NOTRIO_VENV, ".venv-notrio", "test-asyncio"),
+        "lint": (LINT_VENV, ".venv-lint", "lint,docs"),
+    }[kind]
+    return VenvBuild(
+        name.format(newest.version),
+        newest,
+        ROOT / venv,
+        groups,
+        background=background,
+        reuse_extension=True,
+    )
+
+
 def start_side_venvs(newest: Python, *, lint: bool) -> dict[str, VenvBuild]:
     """Start building the Trio-less venv and (with *lint*) the lint venv, in the background.
 
-    Called once the newest Python's test venv is built: both reuse the C
-    extension that it built (``reuse_extension``).
+    Called once the newest Python's test venv is built.
     """
-    builds = {
-        "notrio": VenvBuild(
-            NOTRIO_VENV.format(newest.version),
-            newest,
-            ROOT / ".venv-notrio",
-            "test-asyncio",
-            background=True,
-            reuse_extension=True,
-        )
-    }
-    if lint:
-        builds["lint"] = VenvBuild(
-            LINT_VENV.format(newest.version),
-            newest,
-            ROOT / ".venv-lint",
-            "lint,docs",
-            background=True,
-            reuse_extension=True,
-        )
-    return builds
+    kinds = ["notrio", "lint"] if lint else ["notrio"]
+    return {kind: side_venv(kind, newest, background=True) for kind in kinds}
 
 
 def run_lint(args: argparse.Namespace, newest: Python, *, build: VenvBuild | None) -> None:
@@ -804,13 +805,7 @@ def run_lint(args: argparse.Namespace, newest: Python, *, build: VenvBuild | Non
             skip(name, "--no-lint")
         return
     if build is None:
-        build = VenvBuild(
-            LINT_VENV.format(newest.version),
-            newest,
-            ROOT / ".venv-lint",
-            "lint,docs",
-            background=False,
-        )
+        build = side_venv("lint", newest, background=False)
     venv = build.finish()
     if venv is None:
         for name in lint_steps:
@@ -839,13 +834,7 @@ def run_without_trio(
     """
     name = f"pytest {python.version}, no trio"
     if build is None:
-        build = VenvBuild(
-            NOTRIO_VENV.format(python.version),
-            python,
-            ROOT / ".venv-notrio",
-            "test-asyncio",
-            background=False,
-        )
+        build = side_venv("notrio", python, background=False)
     venv = build.finish()
     if venv is None:
         skip(name, "its venv failed")
